@@ -1,0 +1,288 @@
+"""Accuracy with lm-evaluation-harness as the scoring engine, on a model llmbench already loaded.
+
+lm-eval does the prompting, few-shot sampling, log-likelihood scoring and metrics, so numbers
+mean what the Open LLM Leaderboard's mean; this module only picks tasks, wraps the model once
+(HFLM(pretrained=<instance>), no second load) and reshapes lm-eval's output into llmbench's
+records. Task indexing is targeted: lm-eval's default TaskManager parses ~14,700 YAML files
+(~8 s); here only the folders that define the requested tasks are indexed (milliseconds).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmbench.errors import UserError
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
+
+SMOKE_TASK = "llmbench_smoke"
+SMOKE_DIR = Path(__file__).parent / "tasks" / SMOKE_TASK
+# Standard task -> the lm_eval/tasks sub-folder that defines it (and everything it includes).
+STANDARD_TASKS = {
+    "arc_easy": "arc",
+    "arc_challenge": "arc",
+    "hellaswag": "hellaswag",
+    "mmlu": "mmlu/default",
+    "truthfulqa_mc2": "truthfulqa",
+    "winogrande": "winogrande",
+}
+_KEY = "params.yaml: evaluate.tasks"
+_LOCAL_LOADERS = {"json", "csv", "parquet", "text", "arrow"}
+
+
+def lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+def _lm_eval_tasks_dir() -> Path:
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent
+
+
+def _include_dirs(include_path: str | os.PathLike | None) -> list[Path]:
+    if include_path is None:
+        return []
+    path = Path(include_path).expanduser()
+    if not path.is_dir():
+        raise UserError(f"params.yaml: evaluate.include_path: {path} is not a folder")
+    return [path.resolve()]
+
+
+def known_tasks(include_path: str | os.PathLike | None = None) -> list[str]:
+    """Names evaluate_model accepts: the smoke suite, the standard set, and include_path's tasks."""
+    from lm_eval.tasks import TaskManager
+
+    names = {SMOKE_TASK, *STANDARD_TASKS}
+    dirs = _include_dirs(include_path)
+    if dirs:
+        names.update(TaskManager(include_path=dirs, include_defaults=False).all_tasks)
+    return sorted(names)
+
+
+def _suite(name: str, local: set[str]) -> str:
+    if name in local:  # a user's own YAML wins over a built-in name, as in lm-eval
+        return "local"
+    return "smoke" if name == SMOKE_TASK else "standard"
+
+
+def _absolute_data_files(cfg: dict[str, Any], yaml_dir: Path) -> dict[str, Any]:
+    """Resolve relative data_files against the YAML's folder (lm-eval uses the working dir),
+    so a task folder works from any directory, including DVC's temporary experiment copies."""
+    kwargs = dict(cfg.get("dataset_kwargs") or {})
+    files = kwargs.get("data_files")
+    if cfg.get("dataset_path") not in _LOCAL_LOADERS or files is None:
+        return cfg
+
+    def fix(p: Any) -> Any:
+        if isinstance(p, list):
+            return [fix(x) for x in p]
+        if isinstance(p, str) and not Path(p).is_absolute() and (yaml_dir / p).exists():
+            return str(yaml_dir / p)
+        return p
+
+    kwargs["data_files"] = (
+        {k: fix(v) for k, v in files.items()} if isinstance(files, dict) else fix(files)
+    )
+    return {**cfg, "dataset_kwargs": kwargs}
+
+
+def _dataset_error(name: str, err: Exception) -> UserError | None:
+    """Map a dataset-loading failure to one line naming the task, or None if it is not one."""
+    from datasets.exceptions import DatasetNotFoundError
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    if isinstance(err, FileNotFoundError) and not isinstance(err, DatasetNotFoundError):
+        return UserError(f"{_KEY}: {name}: data file not found ({first})")
+    if not isinstance(err, (ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError)):
+        return None
+    offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    why = "is not available offline" if offline else "could not be fetched"
+    return UserError(
+        f"{_KEY}: {name}: dataset {why} ({first}); put a local copy in the Hugging Face datasets "
+        "cache, or write a task YAML with dataset_path: json and data_files pointing at local "
+        "JSONL and pass its folder as evaluate.include_path"
+    )
+
+
+def load_tasks(
+    tasks: list[str], include_path: str | os.PathLike | None = None
+) -> tuple[TaskManager, list[Any], dict[str, str]]:
+    """Build a TaskManager indexing only what `tasks` need, and the lm-eval Task/Group objects.
+
+    Returns (task_manager, objects to pass to simple_evaluate, {task name: suite}).
+    Raises UserError for an unknown name or a dataset that cannot be loaded."""
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    if not tasks:
+        raise UserError(f"{_KEY}: empty; name at least one task (e.g. {SMOKE_TASK})")
+    if len(set(tasks)) != len(tasks):
+        raise UserError(f"{_KEY}: duplicate task names in {tasks}")
+    user_dirs = _include_dirs(include_path)
+    local = set(TaskManager(include_path=user_dirs, include_defaults=False).all_tasks) if user_dirs else set()
+    unknown = [t for t in tasks if t not in local and t != SMOKE_TASK and t not in STANDARD_TASKS]
+    if unknown:
+        known = ", ".join(known_tasks(include_path))
+        raise UserError(f"{_KEY}: unknown task {', '.join(map(repr, unknown))}; known: {known}")
+
+    dirs = []
+    if SMOKE_TASK in tasks and SMOKE_TASK not in local:
+        dirs.append(SMOKE_DIR)
+    for sub in sorted({STANDARD_TASKS[t] for t in tasks if t in STANDARD_TASKS and t not in local}):
+        dirs.append(_lm_eval_tasks_dir() / sub)
+    tm = TaskManager(include_path=dirs + user_dirs, include_defaults=False)
+    local_dirs = [SMOKE_DIR, *user_dirs]
+
+    objects, suites = [], {}
+    for name in tasks:
+        entry = tm.task_index[name]
+        spec: str | dict[str, Any] = name
+        if entry.kind == Kind.TASK and entry.yaml_path is not None and any(
+            Path(entry.yaml_path).resolve().is_relative_to(d.resolve()) for d in local_dirs
+        ):
+            cfg = load_yaml(entry.yaml_path, resolve_func=True)
+            spec = _absolute_data_files(cfg, Path(entry.yaml_path).resolve().parent)
+        try:
+            loaded = tm.load([spec])
+        except Exception as err:  # noqa: BLE001 - only dataset errors are mapped, others re-raised
+            mapped = _dataset_error(name, err)
+            if mapped is None:
+                raise
+            raise mapped from err
+        if name in loaded["groups"]:
+            objects.append(loaded["groups"][name])
+        else:
+            objects.extend(loaded["tasks"].values())
+        suites[name] = _suite(name, local)
+    return tm, objects, suites
+
+
+def _num(x: Any) -> float | None:
+    """lm-eval writes 'N/A' for missing stderrs; JSON has no NaN."""
+    if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)):
+        return float(x)
+    return None
+
+
+def summarize(results: dict, suites: dict[str, str], limit: int | None) -> dict:
+    """lm-eval's results -> {"lm_eval_version", "tasks": {name: {...}}} (the contract's shape)."""
+    out = {}
+    for name, suite in suites.items():
+        r = results["results"][name]
+        leaves = results.get("group_subtasks", {}).get(name) or [name]
+        n = sum(int(results["n-samples"][t]["effective"]) for t in leaves if t in results["n-samples"])
+        shots = results.get("n-shot", {}).get(name, results.get("n-shot", {}).get(leaves[0]))
+        out[name] = {
+            "acc": _num(r.get("acc,none")),
+            "acc_stderr": _num(r.get("acc_stderr,none")),
+            "acc_norm": _num(r.get("acc_norm,none")),
+            "acc_norm_stderr": _num(r.get("acc_norm_stderr,none")),
+            "n": n,
+            "num_fewshot": shots,
+            "limit": limit,
+            "suite": suite,
+        }
+    return {"lm_eval_version": lm_eval_version(), "tasks": out}
+
+
+def sample_records(results: dict, tasks: dict[str, Any]) -> list[dict]:
+    """One record per scored item: what the model chose among the choices, and why."""
+    records = []
+    for task_name, samples in results.get("samples", {}).items():
+        task = tasks.get(task_name)
+        for s in samples:
+            doc = s["doc"]
+            lls = [float(resp[0]) for resp in s["filtered_resps"]]
+            target = s["target"]
+            if isinstance(target, str) and task is not None:
+                target = task.doc_to_choice(doc).index(target)
+            acc = s.get("acc")
+            chosen = max(range(len(lls)), key=lls.__getitem__) if lls else None
+            records.append(
+                {
+                    "task": task_name,
+                    "id": str(doc.get("id", s["doc_id"])) if isinstance(doc, dict) else str(s["doc_id"]),
+                    "doc_id": s["doc_id"],
+                    "chosen": chosen,
+                    "gold": target,
+                    "loglikelihoods": lls,
+                    "correct": bool(acc) if acc in (0, 1, 0.0, 1.0, True, False) else None,
+                    "acc": _num(acc),
+                    "acc_norm": _num(s.get("acc_norm")),
+                }
+            )
+    return records
+
+
+def make_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
+    """Wrap the already-loaded model; lm-eval takes the model's own device."""
+    from lm_eval.models.huggingface import HFLM
+
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
+def evaluate_model(
+    model: Any,
+    tokenizer: Any,
+    *,
+    tasks: list[str],
+    limit: int | None,
+    num_fewshot: int | None,
+    batch_size: int,
+    include_path: str | os.PathLike | None = None,
+) -> tuple[dict, list[dict]]:
+    """Score `model` on `tasks` with lm-eval. Returns (summary, per-sample records).
+
+    summary = {"lm_eval_version": str, "tasks": {name: {acc, acc_stderr, acc_norm,
+    acc_norm_stderr, n, num_fewshot, limit, suite}}}. num_fewshot=None keeps each task's own
+    default. Raises UserError for bad task names, bad limits or unloadable datasets."""
+    from lm_eval import simple_evaluate
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UserError(f"params.yaml: evaluate.limit: must be a positive integer or null, got {limit!r}")
+    if num_fewshot is not None and (isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0):
+        raise UserError(f"params.yaml: evaluate.num_fewshot: must be an integer >= 0 or null, got {num_fewshot!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"params.yaml: evaluate.batch_size: must be a positive integer, got {batch_size!r}")
+
+    tm, objects, suites = load_tasks(list(tasks), include_path)
+    results = simple_evaluate(
+        model=make_lm(model, tokenizer, batch_size),
+        tasks=objects,
+        task_manager=tm,  # without it lm-eval builds the full ~8 s index
+        num_fewshot=num_fewshot,
+        limit=limit,
+        log_samples=True,
+    )
+    leaf_tasks = {}
+    for obj in objects:
+        for t in obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj]:
+            leaf_tasks[t.task_name] = t
+    return summarize(results, suites, limit), sample_records(results, leaf_tasks)
+
+
+def ok_record(model_name: str, weights: str, summary: dict) -> dict:
+    """metrics/evaluate/<model>.json for an evaluated model."""
+    return {"model": model_name, "weights": weights, "status": "ok", "reason": None, **summary}
+
+
+def skipped_record(model_name: str, weights: str, reason: str) -> dict:
+    """metrics/evaluate/<model>.json for a model that is not scored (e.g. random weights,
+    whose accuracy is chance by construction)."""
+    return {
+        "model": model_name,
+        "weights": weights,
+        "status": "skipped",
+        "reason": reason,
+        "lm_eval_version": lm_eval_version(),
+        "tasks": {},
+    }

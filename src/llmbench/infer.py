@@ -1,0 +1,69 @@
+"""Batched greedy generation over the prompts, with per-request ttft/e2e from step timestamps."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from llmbench.io import sha256_text
+
+
+class StepClock(LogitsProcessor):
+    """Stamps the wall time of every decoding step (called once per generated token)."""
+
+    def __init__(self):
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids, scores):
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+def render(tok, prompt: dict, chat: bool) -> str:
+    if chat and prompt["variant"] == "chat" and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template([{"role": "user", "content": prompt["text"]}],
+                                       tokenize=False, add_generation_prompt=True)
+    return prompt["text"]
+
+
+def generate(model, tok, prompts: list[dict], *, batch_size: int, max_new_tokens: int,
+             chat: bool = True, progress: bool = True) -> list[dict]:
+    """Greedy generation in batches (left padding; prompts grouped by length so a batch wastes
+    little on padding). Returns one record per prompt, in the input order."""
+    texts = [render(tok, p, chat) for p in prompts]
+    lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    eos = {tok.eos_token_id, tok.pad_token_id} - {None}
+    out: dict[int, dict] = {}
+    bar = tqdm(total=len(prompts), desc="infer", unit="prompt", disable=not progress)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        clock = StepClock()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 logits_processor=LogitsProcessorList([clock]), pad_token_id=tok.pad_token_id)
+        new = gen[:, enc.input_ids.shape[1]:]
+        for row, i in enumerate(idx):
+            ids = new[row].tolist()
+            n_out = next((k + 1 for k, t in enumerate(ids) if t in eos), len(ids))  # eos counts as generated
+            text = tok.decode(ids[:n_out], skip_special_tokens=True)
+            out[i] = {"prompt_id": prompts[i]["id"], "output": text, "n_in": lengths[i], "n_out": n_out,
+                      "batch": len(idx), "ttft_s": clock.stamps[0] - t0,
+                      "e2e_s": clock.stamps[min(n_out, len(clock.stamps)) - 1] - t0,
+                      "sha256": sha256_text(text)}
+        bar.update(len(idx))
+    bar.close()
+    return [out[i] for i in range(len(prompts))]
+
+
+def summarize(results: list[dict], wall_s: float) -> dict:
+    n_out = sum(r["n_out"] for r in results)
+    return {"n_prompts": len(results), "generated_tokens": n_out, "wall_s": wall_s,
+            "gen_tps": n_out / wall_s if wall_s > 0 else None,
+            "ttft_p50_s": float(np.percentile([r["ttft_s"] for r in results], 50)),
+            "e2e_p50_s": float(np.percentile([r["e2e_s"] for r in results], 50))}

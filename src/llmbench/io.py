@@ -1,0 +1,69 @@
+"""Atomic writes (temp file + rename: a crash never leaves a half-written output) and hashing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from llmbench.errors import UserError
+
+
+def _atomic(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return _atomic(path, lambda fh: fh.write(text))
+
+
+def write_json_atomic(path: Path, obj: Any) -> Path:
+    return _atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
+
+
+def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> Path:
+    def write(fh):
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return _atomic(path, write)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (has its stage run? try `dvc repro`)") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON ({exc})") from None
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found (has its stage run? try `dvc repro`)") from None
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

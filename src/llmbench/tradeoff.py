@@ -1,0 +1,193 @@
+"""Trade-offs between quality, latency, memory and cost. Pure: no I/O, no plotting.
+
+Tables here are DataFrames indexed by model name. Conventions: quality higher is better;
+latency, memory and cost lower is better. A model with NaN in a needed column is never
+on the frontier nor recommended, but it stays in the table with the reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from llmbench.errors import UserError
+
+# budget key -> (table column, label in messages)
+BUDGET_COLUMNS: dict[str, tuple[str, str]] = {
+    "max_ttft_ms": ("ttft_p50_ms", "TTFT p50 ms"),
+    "max_tpot_ms": ("tpot_p50_ms", "TPOT p50 ms"),
+    "max_rss_mib": ("rss_peak_mib", "peak RSS MiB"),
+    "max_usd_per_mtok": ("usd_per_mtok", "USD per 1M output tokens"),
+}
+
+
+def usd_per_mtok(usd_per_hour: float, decode_tps: Any) -> Any:
+    """USD per 1M output tokens = usd_per_hour / (decode_tps * 3600) * 1e6.
+
+    decode_tps counts all sequences of the batch, so the cost holds at the batch size it was
+    measured at. Non-positive or missing throughput gives NaN (no cost can be claimed)."""
+    tps = np.asarray(decode_tps, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cost = np.where(tps > 0, usd_per_hour / (tps * 3600.0) * 1e6, np.nan)
+    return float(cost) if cost.ndim == 0 else cost
+
+
+def fingerprint_id(fp: Mapping[str, Any] | None) -> str | None:
+    """Short stable id of an environment fingerprint (sorted JSON, sha256, 8 hex)."""
+    if not fp:
+        return None
+    blob = json.dumps(fp, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]
+
+
+def comparable(fingerprints: Mapping[str, str | None], mix: bool = False
+               ) -> tuple[list[str], dict[str, str], str | None]:
+    """Which models may be compared: (kept, excluded{model: reason}, plain note or None).
+
+    Without mix, only the fingerprint shared by the most models is compared (ties: the first
+    model's); models without a fingerprint have no measurement and are not judged here."""
+    known = {m: f for m, f in fingerprints.items() if f}
+    groups = list(dict.fromkeys(known.values()))
+    if mix or len(groups) <= 1:
+        note = (f"Mixing {len(groups)} environments (report.mix_fingerprints: true): "
+                "numbers from different machines are compared." if mix and len(groups) > 1
+                else None)
+        return list(fingerprints), {}, note
+    counts = {g: sum(1 for f in known.values() if f == g) for g in groups}
+    main = max(groups, key=lambda g: counts[g])  # max keeps the first on ties
+    excluded = {m: f"measured in another environment (fingerprint {f}, compared: {main})"
+                for m, f in known.items() if f != main}
+    note = (f"Refusing to compare across environments: results come from {len(groups)} "
+            f"fingerprints ({', '.join(groups)}); only {main} ({counts[main]} models) is compared. "
+            "Set report.mix_fingerprints: true to mix them.")
+    return [m for m in fingerprints if m not in excluded], excluded, note
+
+
+def pareto_front(df: pd.DataFrame, quality: str, latency: str, memory: str) -> pd.Series:
+    """True for models not dominated on (quality up, latency down, memory down).
+
+    A dominates B when A is at least as good everywhere and strictly better somewhere, so
+    exact ties are all kept. Rows with NaN in any of the three columns are never on it."""
+    cols = df[[quality, latency, memory]].astype(float)
+    ok = cols.notna().all(axis=1)
+    pts = np.column_stack([-cols[quality], cols[latency], cols[memory]])  # all "lower is better"
+    front = pd.Series(False, index=df.index)
+    idx = np.flatnonzero(ok.to_numpy())
+    for i in idx:
+        others = pts[idx[idx != i]]
+        dominated = np.any(np.all(others <= pts[i], axis=1) & np.any(others < pts[i], axis=1))
+        front.iloc[i] = not dominated
+    return front
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    model: str | None  # None: nothing fits
+    text: str  # one plain line for the report
+    excluded: dict[str, str] = field(default_factory=dict)  # model -> why not chosen
+    binding: tuple[str, ...] = ()  # budget keys that decide "none fits"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _failures(row: pd.Series, limits: Mapping[str, float]) -> dict[str, str]:
+    out = {}
+    for key, limit in limits.items():
+        col, label = BUDGET_COLUMNS[key]
+        val = row.get(col, np.nan)
+        if val is None or pd.isna(val):
+            out[key] = f"{label} not measured"
+        elif float(val) > limit:
+            out[key] = f"{label} {_fmt(float(val))} > {key} {_fmt(limit)}"
+    return out
+
+
+def check_budget(budget: Mapping[str, Any] | None) -> dict[str, float]:
+    """The set limits as floats; unknown keys and non-positive values are user errors."""
+    limits = {}
+    for key, val in (budget or {}).items():
+        if key not in BUDGET_COLUMNS:
+            raise UserError(f"params.yaml: budget.{key}: unknown key (expected one of: "
+                            f"{', '.join(BUDGET_COLUMNS)})")
+        if val is None:
+            continue
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or not val > 0:
+            raise UserError(f"params.yaml: budget.{key}: must be a positive number or null")
+        limits[key] = float(val)
+    return limits
+
+
+def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
+              pre_excluded: Mapping[str, str] | None = None,
+              tie_break: Sequence[str] = ("tpot_p50_ms", "rss_peak_mib")) -> Recommendation:
+    """Best-quality model within the budget, with the reason every other model lost."""
+    limits = check_budget(budget)
+    excluded: dict[str, str] = dict(pre_excluded or {})
+    fails: dict[str, dict[str, str]] = {}
+    fits_unscored: list[str] = []
+    candidates: list[str] = []
+    for model, row in df.iterrows():
+        if model in excluded:
+            continue
+        f = _failures(row, limits)
+        q = row.get(quality, np.nan)
+        if f:
+            fails[model] = f
+            excluded[model] = "over budget: " + "; ".join(f.values())
+        elif q is None or pd.isna(q):
+            fits_unscored.append(model)
+            excluded[model] = f"fits the budget but has no '{quality}' score"
+        else:
+            candidates.append(model)
+    budget_txt = ", ".join(f"{k}={_fmt(v)}" for k, v in limits.items()) or "no limits set"
+    if candidates:
+        keys = [c for c in tie_break if c in df.columns]
+        ranked = (df.loc[candidates].assign(_name=candidates)
+                  .sort_values([quality, *keys, "_name"], ascending=[False, *[True] * len(keys), True],
+                               na_position="last"))
+        best = str(ranked.index[0])
+        bq = float(ranked[quality].iloc[0])
+        for model in ranked.index[1:]:
+            q = float(ranked.loc[model, quality])
+            excluded[model] = (f"fits, but {quality} {_fmt(q)} < {_fmt(bq)} ({best})" if q < bq
+                               else f"fits and ties {best} on {quality} {_fmt(q)}; lost the "
+                                    f"tie-break ({', '.join(keys) or 'name'})")
+        text = f"Recommended: {best} ({quality} {_fmt(bq)}) within budget ({budget_txt})."
+        return Recommendation(best, text, {m: excluded[m] for m in df.index if m in excluded})
+    if fits_unscored:
+        text = (f"No model with a '{quality}' score fits the budget ({budget_txt}); "
+                f"fitting but unscored: {', '.join(fits_unscored)}.")
+        return Recommendation(None, text, excluded)
+    if not fails:
+        return Recommendation(None, f"No model can be judged ({budget_txt}).", excluded)
+    # Which limit binds: the ones whose relaxation alone would admit a model (with the value
+    # it would take); if none alone is enough, the one that excludes the most models.
+    single: dict[str, list[tuple[float, str]]] = {}
+    for model, f in fails.items():
+        scored = not pd.isna(df.loc[model].get(quality, np.nan))
+        if len(f) == 1 and scored and "not measured" not in next(iter(f.values())):
+            key = next(iter(f))
+            single.setdefault(key, []).append((float(df.loc[model, BUDGET_COLUMNS[key][0]]), model))
+    if single:
+        parts = []
+        for key, opts in single.items():
+            val, model = min(opts)
+            parts.append(f"{key}={_fmt(limits[key])} (relaxing it to {_fmt(val)} admits {model})")
+        return Recommendation(None, f"No model fits the budget; binding limit: {'; '.join(parts)}.",
+                              excluded, tuple(single))
+    counts = {k: sum(k in f for f in fails.values()) for k in limits}
+    worst = max(counts, key=lambda k: counts[k])
+    text = (f"No model fits the budget; every model breaks more than one limit; most binding: "
+            f"{worst}={_fmt(limits[worst])} (excludes {counts[worst]} of {len(fails)}).")
+    return Recommendation(None, text, excluded, (worst,))
+
+
+def is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
