@@ -83,7 +83,9 @@ def _absolute_data_files(cfg: dict[str, Any], yaml_dir: Path) -> dict[str, Any]:
     def fix(p: Any) -> Any:
         if isinstance(p, list):
             return [fix(x) for x in p]
-        if isinstance(p, str) and not Path(p).is_absolute() and (yaml_dir / p).exists():
+        if not isinstance(p, str) or Path(p).is_absolute() or "://" in p:
+            return p
+        if (yaml_dir / p).exists() or not Path(p).exists():  # else keep lm-eval's cwd-relative
             return str(yaml_dir / p)
         return p
 
@@ -103,7 +105,8 @@ def _dataset_error(name: str, err: Exception) -> UserError | None:
         return UserError(f"{_KEY}: {name}: data file not found ({first})")
     if not isinstance(err, (ConnectionError, OfflineModeIsEnabled, DatasetNotFoundError)):
         return None
-    offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    flags = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+    offline = any(os.environ.get(v, "") not in ("", "0", "false") for v in flags)
     why = "is not available offline" if offline else "could not be fetched"
     return UserError(
         f"{_KEY}: {name}: dataset {why} ({first}); put a local copy in the Hugging Face datasets "
@@ -128,7 +131,9 @@ def load_tasks(
     if len(set(tasks)) != len(tasks):
         raise UserError(f"{_KEY}: duplicate task names in {tasks}")
     user_dirs = _include_dirs(include_path)
-    local = set(TaskManager(include_path=user_dirs, include_defaults=False).all_tasks) if user_dirs else set()
+    local = set()
+    if user_dirs:
+        local = set(TaskManager(include_path=user_dirs, include_defaults=False).all_tasks)
     unknown = [t for t in tasks if t not in local and t != SMOKE_TASK and t not in STANDARD_TASKS]
     if unknown:
         known = ", ".join(known_tasks(include_path))
@@ -137,8 +142,8 @@ def load_tasks(
     dirs = []
     if SMOKE_TASK in tasks and SMOKE_TASK not in local:
         dirs.append(SMOKE_DIR)
-    for sub in sorted({STANDARD_TASKS[t] for t in tasks if t in STANDARD_TASKS and t not in local}):
-        dirs.append(_lm_eval_tasks_dir() / sub)
+    subs = {STANDARD_TASKS[t] for t in tasks if t in STANDARD_TASKS and t not in local}
+    dirs += [_lm_eval_tasks_dir() / sub for sub in sorted(subs)]
     tm = TaskManager(include_path=dirs + user_dirs, include_defaults=False)
     local_dirs = [SMOKE_DIR, *user_dirs]
 
@@ -179,8 +184,10 @@ def summarize(results: dict, suites: dict[str, str], limit: int | None) -> dict:
     for name, suite in suites.items():
         r = results["results"][name]
         leaves = results.get("group_subtasks", {}).get(name) or [name]
-        n = sum(int(results["n-samples"][t]["effective"]) for t in leaves if t in results["n-samples"])
-        shots = results.get("n-shot", {}).get(name, results.get("n-shot", {}).get(leaves[0]))
+        counts = results["n-samples"]
+        n = sum(int(counts[t]["effective"]) for t in leaves if t in counts)
+        n_shot = results.get("n-shot", {})
+        shots = n_shot.get(name, n_shot.get(leaves[0]))
         out[name] = {
             "acc": _num(r.get("acc,none")),
             "acc_stderr": _num(r.get("acc_stderr,none")),
@@ -207,10 +214,11 @@ def sample_records(results: dict, tasks: dict[str, Any]) -> list[dict]:
                 target = task.doc_to_choice(doc).index(target)
             acc = s.get("acc")
             chosen = max(range(len(lls)), key=lls.__getitem__) if lls else None
+            item_id = doc.get("id", s["doc_id"]) if isinstance(doc, dict) else s["doc_id"]
             records.append(
                 {
                     "task": task_name,
-                    "id": str(doc.get("id", s["doc_id"])) if isinstance(doc, dict) else str(s["doc_id"]),
+                    "id": str(item_id),
                     "doc_id": s["doc_id"],
                     "chosen": chosen,
                     "gold": target,
@@ -221,6 +229,14 @@ def sample_records(results: dict, tasks: dict[str, Any]) -> list[dict]:
                 }
             )
     return records
+
+
+def _check_int(key: str, value: Any, minimum: int, *, none_ok: bool) -> None:
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if none_ok else "")
+        raise UserError(f"params.yaml: evaluate.{key}: must be {allowed}, got {value!r}")
 
 
 def make_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
@@ -247,13 +263,9 @@ def evaluate_model(
     default. Raises UserError for bad task names, bad limits or unloadable datasets."""
     from lm_eval import simple_evaluate
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise UserError(f"params.yaml: evaluate.limit: must be a positive integer or null, got {limit!r}")
-    if num_fewshot is not None and (isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0):
-        raise UserError(f"params.yaml: evaluate.num_fewshot: must be an integer >= 0 or null, got {num_fewshot!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"params.yaml: evaluate.batch_size: must be a positive integer, got {batch_size!r}")
-
+    _check_int("limit", limit, 1, none_ok=True)
+    _check_int("num_fewshot", num_fewshot, 0, none_ok=True)
+    _check_int("batch_size", batch_size, 1, none_ok=False)
     tm, objects, suites = load_tasks(list(tasks), include_path)
     results = simple_evaluate(
         model=make_lm(model, tokenizer, batch_size),

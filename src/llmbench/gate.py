@@ -128,7 +128,7 @@ def bootstrap_ratio(
 def verdict(low: float, high: float, *, higher_is_worse: bool, threshold: float) -> str:
     """Slower/faster only when the whole CI is beyond the threshold (symmetric in log-ratio)."""
     up, down = 1.0 + threshold, 1.0 / (1.0 + threshold)
-    worse = (low+high)/2 > 1 if higher_is_worse else (low+high)/2 < 1
+    worse = low > up if higher_is_worse else high < down
     better = high < down if higher_is_worse else low > up
     return SLOWER if worse else FASTER if better else SAME
 
@@ -162,11 +162,12 @@ def compare(
             notes.append(f"`{model}`: no profile in {side}; not compared")
             continue
         b_cfg, h_cfg = base[model], head[model]
-        for config in sorted(set(b_cfg) - set(h_cfg), key=str):
-            notes.append(f"`{model}` {format_config(config)}: ok in base only; not compared")
-        for config in sorted(set(h_cfg) - set(b_cfg), key=str):
-            notes.append(f"`{model}` {format_config(config)}: new in head; not compared")
-        for config in sorted(set(b_cfg) & set(h_cfg), key=str):
+        # in the profile's own order (dicts keep it)
+        notes += [f"`{model}` {format_config(c)}: ok in base only; not compared"
+                  for c in b_cfg if c not in h_cfg]
+        notes += [f"`{model}` {format_config(c)}: new in head; not compared"
+                  for c in h_cfg if c not in b_cfg]
+        for config in (c for c in b_cfg if c in h_cfg):
             for metric, higher_is_worse in METRICS.items():
                 b, h = _clean(b_cfg[config][metric]), _clean(h_cfg[config][metric])
                 p50b, p50h = (float(np.median(a)) if a.size else math.nan for a in (b, h))
@@ -195,7 +196,9 @@ def format_config(config: Config) -> str:
 def _fmt_value(metric: str, v: float) -> str:
     if not math.isfinite(v):
         return "–"
-    return f"{v:.1f} tok/s" if metric == "decode_tps" else f"{v * 1e3:.3g} ms"
+    if metric == "decode_tps":
+        return f"{v:.1f} tok/s"
+    return f"{v * 1e3:.3g} ms" if v < 1 else f"{v:.3g} s"
 
 
 def render_markdown(rows: list[Row], notes: list[str], *, threshold: float, confidence: float,

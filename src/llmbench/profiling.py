@@ -232,19 +232,66 @@ def _grid_for(c: dict, params: int | None) -> tuple[dict, bool]:
     return ({**c, **(c["large_model_overrides"] or {})} if big else c), big
 
 
+def _load(model_factory, dtype: str, attn: str, device: str):
+    """The model loaded as asked, or an exception saying why not (a silent fallback counts)."""
+    model = model_factory(dtype, attn)
+    model = model.to(device) if device != "cpu" else model
+    loaded_as = (str(model.dtype).removeprefix("torch."), model.config._attn_implementation)
+    if loaded_as != (dtype, attn):
+        raise NotImplementedError(f"requested {dtype}/{attn}, model loaded as {loaded_as[0]}/{loaded_as[1]}")
+    return model
+
+
+def _sweep_one(model, dtype, attn, grid, c, mem, stream, pad_id, bw, notes, say) -> list[dict]:
+    """Every (batch, input_len) shape of one loaded model."""
+    import torch
+
+    n_out = grid["output_len"]
+    vocab = model.get_input_embeddings().num_embeddings
+    w_bytes, s_bytes = weight_bytes(model), streamed_weight_bytes(model)
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    results = []
+    for b in grid["batch_sizes"]:
+        for n in sorted(grid["input_lens"]):
+            ids, folded = make_input_ids(stream, b, n, vocab)
+            if folded and not any("folded" in x for x in notes):
+                notes.append(f"tokenizer ids exceed the model's vocab ({vocab}): folded modulo vocab_size")
+            res = _empty_result(dtype, attn, b, n, n_out, "ok", None)
+            results.append(res)
+            try:
+                res.update(profile_shape(model, ids.to(c["device"]), n_out, c, mem, pad_id))
+            except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
+                res.update(status="unsupported" if _is_unsupported(exc) else "error", reason=_reason(exc))
+                say(f"{dtype}/{attn} b{b} n{n}: {res['status']}: {res['reason']}")
+                continue
+            res["memory"] = mem.result(w_bytes, kv_cache_bytes(model.config, b, n + n_out, elem)).to_dict()
+            if b == 1:
+                res["roofline"] = metrics.roofline(s_bytes, res["decode_tps"]["p50"], bw)
+            say(f"{dtype}/{attn} b{b} n{n}: {res['iterations']} it, decode {res['decode_tps']['p50']:.1f} tok/s")
+    return results
+
+
 def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, prompt_texts: Sequence[str],
                 cfg: Mapping | None = None, progress: Callable[[str], None] | None = None) -> dict:
     """Profile one model; model_factory(dtype, attn_implementation) returns a loaded model (or raises).
 
-    Returns the metrics/profile/<model>.json dict, plus "protocol" (the resolved cfg and notes).
+    Returns the metrics/profile/<model>.json dict, plus "protocol" (resolved cfg, grid, notes,
+    load average before/after: on a shared machine it says how busy the other cores were).
     """
     import torch
 
     c = resolve_cfg(cfg)
-    info_d = _as_dict(info)
-    say = progress or log.info
+    threads_before = torch.get_num_threads()
     if c["threads"] is not None:
         torch.set_num_threads(c["threads"])
+    try:
+        return _run(model_factory, tokenizer, _as_dict(info), prompt_texts, c, progress or log.info)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(model_factory, tokenizer, info_d: dict, prompt_texts, c: dict, say) -> dict:
+    load_before = os.getloadavg()[0]
     grid, capped = _grid_for(c, info_d.get("params"))
     notes = []
     if capped:
@@ -255,48 +302,22 @@ def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, pr
     stream = token_stream(tokenizer, prompt_texts)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = pad_id if pad_id is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
-    n_out = grid["output_len"]
     results, load_times = [], {}
     with MemoryTracker(device) as mem:
         for dtype in grid["dtypes"]:
             for attn in grid["attentions"]:
-                shapes = [(b, n) for b in grid["batch_sizes"] for n in sorted(grid["input_lens"])]
                 mem.baseline()  # RSS before this load
                 t0 = time.perf_counter()
                 try:
-                    model = model_factory(dtype, attn)
-                    model = model.to(device) if device != "cpu" else model
-                    loaded_as = (str(model.dtype).removeprefix("torch."), model.config._attn_implementation)
-                    if loaded_as != (dtype, attn):
-                        raise NotImplementedError(f"requested {dtype}/{attn}, model loaded as {loaded_as[0]}/{loaded_as[1]}")
+                    model = _load(model_factory, dtype, attn, device)
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
                     status = "unsupported" if _is_unsupported(exc) or isinstance(exc, ValueError) else "error"
                     say(f"{dtype}/{attn}: {status}: {_reason(exc)}")
-                    results += [_empty_result(dtype, attn, b, n, n_out, status, _reason(exc)) for b, n in shapes]
-                    model = None
-                    gc.collect()
+                    results += [_empty_result(dtype, attn, b, n, grid["output_len"], status, _reason(exc))
+                                for b in grid["batch_sizes"] for n in sorted(grid["input_lens"])]
                     continue
                 load_times[(dtype, attn)] = time.perf_counter() - t0
-                vocab = model.get_input_embeddings().num_embeddings
-                w_bytes, s_bytes = weight_bytes(model), streamed_weight_bytes(model)
-                elem = torch.empty((), dtype=model.dtype).element_size()
-                for b, n in shapes:
-                    ids, folded = make_input_ids(stream, b, n, vocab)
-                    if folded and not any("folded" in x for x in notes):
-                        notes.append(f"tokenizer ids exceed the model's vocab ({vocab}): folded modulo vocab_size")
-                    res = _empty_result(dtype, attn, b, n, n_out, "ok", None)
-                    try:
-                        res.update(profile_shape(model, ids.to(device), n_out, c, mem, pad_id))
-                    except Exception as exc:  # noqa: BLE001
-                        res.update(status="unsupported" if _is_unsupported(exc) else "error", reason=_reason(exc))
-                        say(f"{dtype}/{attn} b{b} n{n}: {res['status']}: {res['reason']}")
-                        results.append(res)
-                        continue
-                    res["memory"] = mem.result(w_bytes, kv_cache_bytes(model.config, b, n + n_out, elem)).to_dict()
-                    if b == 1:
-                        res["roofline"] = metrics.roofline(s_bytes, res["decode_tps"]["p50"], bw)
-                    say(f"{dtype}/{attn} b{b} n{n}: {res['iterations']} it, decode {res['decode_tps']['p50']:.1f} tok/s")
-                    results.append(res)
+                results += _sweep_one(model, dtype, attn, grid, c, mem, stream, pad_id, bw, notes, say)
                 del model
                 gc.collect()
     head = headline(results, grid)
@@ -307,7 +328,8 @@ def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, pr
         "model": info_d.get("name"), "weights": info_d.get("weights"), "info": info_d,
         "fingerprint": fingerprint(device), "preset": c["preset"], "load_s": load_s,
         "bandwidth": {"copy_gbps": bw}, "results": results, "headline": head,
-        "protocol": {**{k: c[k] for k in c}, "grid": {k: grid[k] for k in GRID_KEYS}, "notes": notes},
+        "protocol": {**c, "grid": {k: grid[k] for k in GRID_KEYS}, "notes": notes,
+                     "loadavg_1m": [load_before, os.getloadavg()[0]]},
     }
 
 

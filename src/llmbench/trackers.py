@@ -324,7 +324,7 @@ class MemoryTracker:
 def kv_dims(config) -> tuple[int, int, int]:
     """(layers, kv_heads, head_dim) from a transformers config: llama/mistral/gemma
     (num_key_value_heads, head_dim), GPT-2 (n_layer, n_head, n_embd), gpt-neo (num_layers,
-    num_heads), falcon (multi_query / new_decoder_architecture / num_kv_heads)."""
+    num_heads), falcon (multi_query / new_decoder_architecture), as transformers allocates the cache."""
     if hasattr(config, "get_text_config"):
         config = config.get_text_config()
 
@@ -340,8 +340,9 @@ def kv_dims(config) -> tuple[int, int, int]:
     hidden = first("hidden_size", "n_embd", "d_model")
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     if getattr(config, "model_type", "") == "falcon":
+        # transformers' Falcon caches K/V broadcast to all heads in the new (40B) architecture
         new_arch = getattr(config, "new_decoder_architecture", False)
-        kv_heads = config.num_kv_heads if (new_arch or not config.multi_query) else 1
+        kv_heads = heads if new_arch else (config.num_kv_heads if not config.multi_query else 1)
     else:
         kv_heads = getattr(config, "num_key_value_heads", None) or getattr(config, "n_head_kv", None) or heads
     return int(layers), int(kv_heads), int(head_dim)

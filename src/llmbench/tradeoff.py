@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -51,7 +50,7 @@ def comparable(fingerprints: Mapping[str, str | None], mix: bool = False
 
     Without mix, only the fingerprint shared by the most models is compared (ties: the first
     model's); models without a fingerprint have no measurement and are not judged here."""
-    known = {m: f for m, f in fingerprints.items() if f}
+    known = {m: f for m, f in fingerprints.items() if isinstance(f, str) and f}  # NaN: none
     groups = list(dict.fromkeys(known.values()))
     if mix or len(groups) <= 1:
         note = (f"Mixing {len(groups)} environments (report.mix_fingerprints: true): "
@@ -126,8 +125,11 @@ def check_budget(budget: Mapping[str, Any] | None) -> dict[str, float]:
 
 def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
               pre_excluded: Mapping[str, str] | None = None,
-              tie_break: Sequence[str] = ("tpot_p50_ms", "rss_peak_mib")) -> Recommendation:
-    """Best-quality model within the budget, with the reason every other model lost."""
+              tie_break: Sequence[str] = ("tpot_p50_ms", "rss_peak_mib"), label: str | None = None
+              ) -> Recommendation:
+    """Best-quality model within the budget, with the reason every other model lost.
+    Ties on quality go to the lower tie_break columns, then the name. label names quality."""
+    label = label or quality
     limits = check_budget(budget)
     excluded: dict[str, str] = dict(pre_excluded or {})
     fails: dict[str, dict[str, str]] = {}
@@ -143,7 +145,7 @@ def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
             excluded[model] = "over budget: " + "; ".join(f.values())
         elif q is None or pd.isna(q):
             fits_unscored.append(model)
-            excluded[model] = f"fits the budget but has no '{quality}' score"
+            excluded[model] = f"fits the budget but has no '{label}' score"
         else:
             candidates.append(model)
     budget_txt = ", ".join(f"{k}={_fmt(v)}" for k, v in limits.items()) or "no limits set"
@@ -156,19 +158,16 @@ def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
         bq = float(ranked[quality].iloc[0])
         for model in ranked.index[1:]:
             q = float(ranked.loc[model, quality])
-            excluded[model] = (f"fits, but {quality} {_fmt(q)} < {_fmt(bq)} ({best})" if q < bq
-                               else f"fits and ties {best} on {quality} {_fmt(q)}; lost the "
+            excluded[model] = (f"fits, but {label} {_fmt(q)} < {_fmt(bq)} ({best})" if q < bq
+                               else f"fits and ties {best} on {label} {_fmt(q)}; lost the "
                                     f"tie-break ({', '.join(keys) or 'name'})")
-        text = f"Recommended: {best} ({quality} {_fmt(bq)}) within budget ({budget_txt})."
+        text = f"Recommended: {best} ({label} {_fmt(bq)}) within budget ({budget_txt})."
         return Recommendation(best, text, {m: excluded[m] for m in df.index if m in excluded})
-    if fits_unscored:
-        text = (f"No model with a '{quality}' score fits the budget ({budget_txt}); "
-                f"fitting but unscored: {', '.join(fits_unscored)}.")
-        return Recommendation(None, text, excluded)
-    if not fails:
-        return Recommendation(None, f"No model can be judged ({budget_txt}).", excluded)
-    # Which limit binds: the ones whose relaxation alone would admit a model (with the value
-    # it would take); if none alone is enough, the one that excludes the most models.
+    unscored = f" Fitting but unscored: {', '.join(fits_unscored)}." if fits_unscored else ""
+    head = (f"No model with a '{label}' score fits the budget ({budget_txt})" if fits_unscored
+            else f"No model fits the budget ({budget_txt})")
+    # Which limit binds: those whose relaxation alone admits a scored model (and the value that
+    # takes); if no single one does, the limit that excludes the most models.
     single: dict[str, list[tuple[float, str]]] = {}
     for model, f in fails.items():
         scored = not pd.isna(df.loc[model].get(quality, np.nan))
@@ -176,18 +175,16 @@ def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
             key = next(iter(f))
             single.setdefault(key, []).append((float(df.loc[model, BUDGET_COLUMNS[key][0]]), model))
     if single:
-        parts = []
-        for key, opts in single.items():
-            val, model = min(opts)
-            parts.append(f"{key}={_fmt(limits[key])} (relaxing it to {_fmt(val)} admits {model})")
-        return Recommendation(None, f"No model fits the budget; binding limit: {'; '.join(parts)}.",
+        parts = [f"{key}={_fmt(limits[key])} (relaxing it to {_fmt(min(opts)[0])} admits "
+                 f"{min(opts)[1]})" for key, opts in single.items()]
+        return Recommendation(None, f"{head}; binding limit: {'; '.join(parts)}.{unscored}",
                               excluded, tuple(single))
     counts = {k: sum(k in f for f in fails.values()) for k in limits}
+    if not counts or not max(counts.values()):
+        return Recommendation(None, f"{head}: no model has a '{label}' score and measurements."
+                              f"{unscored}", excluded)
     worst = max(counts, key=lambda k: counts[k])
-    text = (f"No model fits the budget; every model breaks more than one limit; most binding: "
-            f"{worst}={_fmt(limits[worst])} (excludes {counts[worst]} of {len(fails)}).")
+    text = (f"{head}; no single limit is to blame (each model breaks several or lacks a score); "
+            f"most binding: {worst}={_fmt(limits[worst])} (excludes {counts[worst]} of "
+            f"{len(fails)}).{unscored}")
     return Recommendation(None, text, excluded, (worst,))
-
-
-def is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

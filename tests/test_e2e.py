@@ -1,0 +1,125 @@
+"""End to end: a copy of this repo, real `dvc repro` on a small roster, then the cache's promises."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+BIN = Path(sys.executable).parent
+SMALL = {
+    "roster": ["tiny-gpt2", "smollm2"],
+    "prompts": {"n": 4, "buckets": [16, 32]},
+    "infer": {"batch_size": 4, "max_new_tokens": 8},
+    "profile": {"batch_sizes": [1], "input_lens": [16], "output_len": 4, "warmup": 0,
+                "min_iterations": 2, "min_duration_s": 0.0, "dtypes": ["float32"],
+                "attentions": ["sdpa"], "bandwidth_mib": 16},
+    "evaluate": {"limit": 8, "batch_size": 8},
+}
+
+
+def copy_repo(src: Path, dst: Path) -> Path:
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+                           cwd=src, capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (src / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, dst / rel)
+    return dst
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def ran(proc) -> set[str]:
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def merge(params: dict, over: dict) -> dict:
+    for k, v in over.items():
+        params[k] = merge(params.get(k) or {}, v) if isinstance(v, dict) else v
+    return params
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, repo):
+    work = copy_repo(repo, tmp_path_factory.mktemp("e2e") / "repo")
+    params = merge(yaml.safe_load((work / "params.yaml").read_text()), SMALL)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
+        run(cmd, work, env)
+    first = run(["dvc", "repro"], work, env)
+    return work, env, first
+
+
+@pytest.mark.slow
+def test_every_output_exists_and_is_valid(pipeline):
+    work, _, first = pipeline
+    assert {"fetch-dataset", "generate-prompts", "prepare@smollm2", "infer@smollm2", "profile@smollm2",
+            "evaluate@smollm2", "prepare@tiny-gpt2", "profile@tiny-gpt2", "aggregate"} <= ran(first)
+    prompts = [json.loads(x) for x in (work / "data/prompts/prompts.jsonl").read_text().splitlines()]
+    assert len(prompts) == 4
+    infer = json.loads((work / "metrics/infer/smollm2.json").read_text())
+    assert infer["status"] == "ok" and infer["generated_tokens"] > 0 and infer["weights"] == "pretrained"
+    outputs = [json.loads(x) for x in (work / "data/outputs/infer/smollm2.jsonl").read_text().splitlines()]
+    assert [o["prompt_id"] for o in outputs] == [p["id"] for p in prompts]
+    assert all(0 < o["n_out"] <= 8 and o["ttft_s"] <= o["e2e_s"] for o in outputs)
+    skipped = json.loads((work / "metrics/infer/tiny-gpt2.json").read_text())
+    assert skipped["status"] == "skipped" and "random" in skipped["reason"]
+    for name in ("smollm2", "tiny-gpt2"):
+        prof = json.loads((work / f"metrics/profile/{name}.json").read_text())
+        assert prof["headline"]["decode_tps_p50"] > 0 and prof["headline"]["rss_peak_mib"] > 0
+    ev = json.loads((work / "metrics/evaluate/tiny-gpt2.json").read_text())
+    assert ev["status"] == "skipped"
+    ev = json.loads((work / "metrics/evaluate/smollm2.json").read_text())
+    assert ev["status"] == "ok" and ev["tasks"]["llmbench_smoke"]["n"] == 8
+    summary = json.loads((work / "metrics/summary.json").read_text())
+    assert summary
+    report = (work / "reports/report.md").read_text()
+    assert "smollm2" in report and "tiny-gpt2" in report and "random" in report
+
+
+@pytest.mark.slow
+def test_mlflow_one_run_per_stage_and_model(pipeline):
+    work, _, _ = pipeline
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("llmbench")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    names = sorted(r.info.run_name for r in runs)
+    expected = sorted(["fetch-dataset", "generate-prompts", "aggregate"] +
+                      [f"{s}@{m}" for s in ("prepare", "infer", "profile", "evaluate")
+                       for m in ("smollm2", "tiny-gpt2")])
+    assert names == expected
+    commits = {r.data.tags["git_commit"] for r in runs}
+    hashes = {r.data.tags["params_hash"] for r in runs}
+    assert len(commits) == 1 and len(hashes) == 1 and "none" not in commits
+    for r in runs:
+        assert r.data.tags["stage"] == r.info.run_name.split("@")[0]
+    prof = next(r for r in runs if r.info.run_name == "profile@smollm2")
+    assert "fingerprint.cpu" in prof.data.tags and prof.data.tags["llmbench.weights"] == "pretrained"
+
+
+@pytest.mark.slow
+def test_second_repro_is_a_noop_and_one_model_change_reruns_only_it(pipeline):
+    work, env, _ = pipeline
+    again = run(["dvc", "repro"], work, env)
+    assert ran(again) == set()
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["models"]["tiny-gpt2"]["reference_id"] = "sshleifer/tiny-gpt2-renamed"
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], work, env)
+    assert ran(changed) == {"prepare@tiny-gpt2", "infer@tiny-gpt2", "profile@tiny-gpt2",
+                            "evaluate@tiny-gpt2", "aggregate"}
