@@ -23,11 +23,15 @@ SMALL = {
 }
 
 
+GENERATED = ("data/", "metrics/", "reports/", "logs/", "dvc.lock", "mlflow.db")
+
+
 def copy_repo(src: Path, dst: Path) -> Path:
+    """The repo's source files (tracked or new), without outputs of earlier local runs."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
                            cwd=src, capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, files):
-        if (src / rel).is_file():
+        if (src / rel).is_file() and not rel.startswith(GENERATED):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, dst / rel)
     return dst

@@ -159,7 +159,8 @@ def test_generate_error_is_recorded_and_headline_falls_back(tokenizer):
     assert out["headline"]["dtype"] == "bfloat16"
 
 
-def test_large_model_cap_and_threads(tokenizer):
+def test_large_model_cap_and_threads(tokenizer, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     before = torch.get_num_threads()
     try:
         llama = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -174,6 +175,7 @@ def test_large_model_cap_and_threads(tokenizer):
     assert torch.get_num_threads() == before  # restored
     notes = out["protocol"]["notes"]
     assert any("large_model_params" in n for n in notes) and not any("folded" in n for n in notes)
+    assert any("OMP_WAIT_POLICY" in n for n in notes)  # 2 threads without PASSIVE: warned
 
 
 def test_resolve_cfg_presets_overrides_and_errors():

@@ -291,13 +291,19 @@ def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, pr
 
 
 def _run(model_factory, tokenizer, info_d: dict, prompt_texts, c: dict, say) -> dict:
+    import torch
+
     load_before = os.getloadavg()[0]
     grid, capped = _grid_for(c, info_d.get("params"))
+    device = c["device"]
     notes = []
+    omp = os.environ.get("OMP_WAIT_POLICY")
+    if torch.get_num_threads() > 1 and device == "cpu" and (omp or "").lower() != "passive":
+        notes.append("OMP_WAIT_POLICY is not PASSIVE: with other load on the cores, >1 torch thread "
+                     "can run 10-100x slower (spinning OpenMP threads)")
     if capped:
         notes.append(f"params {info_d.get('params')} > large_model_params {c['large_model_params']}: "
                      f"grid reduced by {c['large_model_overrides']}")
-    device = c["device"]
     bw = measure_copy_bandwidth(c["bandwidth_mib"], device=device) if c["bandwidth_mib"] else None
     stream = token_stream(tokenizer, prompt_texts)
     pad_id = getattr(tokenizer, "pad_token_id", None)
@@ -329,7 +335,7 @@ def _run(model_factory, tokenizer, info_d: dict, prompt_texts, c: dict, say) -> 
         "fingerprint": fingerprint(device), "preset": c["preset"], "load_s": load_s,
         "bandwidth": {"copy_gbps": bw}, "results": results, "headline": head,
         "protocol": {**c, "grid": {k: grid[k] for k in GRID_KEYS}, "notes": notes,
-                     "loadavg_1m": [load_before, os.getloadavg()[0]]},
+                     "omp_wait_policy": omp, "loadavg_1m": [load_before, os.getloadavg()[0]]},
     }
 
 

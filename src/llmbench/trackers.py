@@ -267,6 +267,18 @@ def rss_bytes(pid: int | None = None) -> int:
     return psutil.Process(pid or os.getpid()).memory_info().rss
 
 
+def release_freed_memory() -> None:
+    """gc, then glibc's malloc_trim: freed small/medium blocks otherwise stay in RSS."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 class MemoryTracker:
     """Peak RSS (separate sampler process) and, on CUDA, torch's peak allocator counters.
 
@@ -293,9 +305,9 @@ class MemoryTracker:
         self.sampler.stop()
 
     def baseline(self) -> int:
-        import gc
-
-        gc.collect()
+        """RSS now, after returning freed memory to the OS (else a previous model's freed
+        heap would still count, and each later baseline would creep up)."""
+        release_freed_memory()
         self.baseline_bytes = rss_bytes()
         return self.baseline_bytes
 
