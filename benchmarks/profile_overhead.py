@@ -5,22 +5,27 @@ perf_counter, same process, same model and shape, rounds interleaved so drift hi
 Bare decode tok/s = batch * (n_out - 1) / (median t(n_out tokens) - median t(1 token)).
 Goal: profile / bare >= 0.97.
 
-    .venv/bin/python benchmarks/profile_overhead.py [--threads 1] [--dtype float32] [--steps 15]
+    .venv/bin/python benchmarks/profile_overhead.py [--threads N] [--dtype float32] [--steps 15]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# before torch loads libgomp: spinning OpenMP threads on a shared 2-core box run 10-100x slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import statistics
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from llmbench import models, profiling
 from llmbench.config import GgufPackageModel
-from llmbench.trackers import MemoryTracker
+from llmbench.trackers import MemoryTracker, TokenTimer
 
 BENCH_DIR = Path(os.environ.get("LLMBENCH_BENCH_DIR", "/tmp/llmbench-bench"))
 PROMPT = "Explain, step by step, how a bicycle converts the rider's effort into forward motion. " * 4
@@ -48,14 +53,15 @@ def bare_times(model, ids, n_new: int, reps: int) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--n-in", type=int, default=32)
     ap.add_argument("--n-out", type=int, default=32)
     ap.add_argument("--steps", type=int, default=15, help="interleaved (profile, bare) measurements")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     model, tok, _ = models.load(smollm2_dir(), dtype=a.dtype, attn_implementation="sdpa")
     ids, _ = profiling.make_input_ids(profiling.token_stream(tok, [PROMPT]), a.batch, a.n_in,
                                       model.get_input_embeddings().num_embeddings)
@@ -63,6 +69,7 @@ def main() -> None:
     # by the second, so only neighbouring calls are comparable.
     cfg = profiling.resolve_cfg({"warmup": 0, "min_iterations": 1, "min_duration_s": 0.0, "max_iterations": 1})
     print(f"SmolLM2-135M {a.dtype} batch {a.batch} in {a.n_in} out {a.n_out} threads {a.threads} "
+          f"(torch {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}) "
           f"loadavg {os.getloadavg()[0]:.2f}")
     prof_tps, bare_tps, ratios = [], [], []
     with MemoryTracker() as mem:
@@ -73,6 +80,17 @@ def main() -> None:
             b_tps = a.batch * (a.n_out - 1) / (t_full - t_one)
             prof_tps.append(p_tps), bare_tps.append(b_tps), ratios.append(p_tps / b_tps)
             print(f"step {i:2d}: decode tok/s profile {p_tps:7.2f}  bare {b_tps:7.2f}  ratio {p_tps / b_tps:.3f}")
+        sampler = psutil.Process(mem.sampler._proc.pid)
+        sampler_cpu = sum(sampler.cpu_times()[:2]) / (time.time() - sampler.create_time())
+    # Noise-free bounds on the two costs the profiler adds, as a share of a decode step
+    timer, tokens = TokenTimer(), torch.zeros(a.batch, dtype=torch.long)
+    t0 = time.perf_counter()
+    for _ in range(10_000):
+        timer.put(tokens.cpu())  # what generate() does per step when a streamer is given
+    put_s = (time.perf_counter() - t0) / 10_000
+    step_s = a.batch / statistics.median(bare_tps)
+    print(f"streamer cost {put_s * 1e6:.1f} us/token = {put_s / step_s:.5%} of a {step_s * 1e3:.1f} ms decode step; "
+          f"RSS sampler process used {sampler_cpu:.2%} of one core")
     pt, bt = statistics.median(prof_tps), statistics.median(bare_tps)
     print(f"MEDIAN decode tok/s profile {pt:.2f} bare {bt:.2f}: ratio of medians {pt / bt:.3f}, "
           f"median of paired ratios {statistics.median(ratios):.3f} (goal >= 0.97); loadavg {os.getloadavg()[0]:.2f}")

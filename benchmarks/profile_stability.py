@@ -1,13 +1,17 @@
 """How repeatable is a profile? cv of decode tok/s (p50 of each run) over 5 consecutive
 run_profile() calls on SmolLM2-135M-Instruct, batch 1, per dtype, next to the within-run cv.
 
-    .venv/bin/python benchmarks/profile_stability.py [--runs 5] [--threads 1] [--preset cpu-small]
+    .venv/bin/python benchmarks/profile_stability.py [--runs 5] [--threads N] [--preset cpu-small]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# before torch loads libgomp: spinning OpenMP threads on a shared 2-core box run 10-100x slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import statistics
 import time
 
@@ -21,7 +25,7 @@ from profile_overhead import smollm2_dir  # benchmarks/ is sys.path[0] when run 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--preset", default="cpu-small")
     ap.add_argument("--dtypes", default="float32,bfloat16")
     a = ap.parse_args()

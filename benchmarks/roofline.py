@@ -3,13 +3,17 @@
 32 heads, 4 kv heads, vocab 32000), fp32 and bf16: achieved GB/s = weight bytes streamed per
 step x decode tok/s, next to the measured copy bandwidth (read + write).
 
-    .venv/bin/python benchmarks/roofline.py [--threads 1] [--models smollm2,tinyllama]
+    .venv/bin/python benchmarks/roofline.py [--threads N] [--models smollm2,tinyllama]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+
+# before torch loads libgomp: spinning OpenMP threads on a shared 2-core box run 10-100x slower
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
 import time
 
 import torch
@@ -42,7 +46,7 @@ def tinyllama():
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, all cores)")
     ap.add_argument("--models", default="smollm2,tinyllama")
     ap.add_argument("--output-len", type=int, default=16)
     a = ap.parse_args()
@@ -64,7 +68,7 @@ def main() -> None:
             rows.append(f"{name:10s} {r['dtype']:9s} weights {r['memory']['weights_mib'] * 2**20 / 1e9:5.2f} GB  "
                         f"decode {tps:6.2f} tok/s (cv {r['decode_tps']['cv']:.3f}, it {r['iterations']})  "
                         f"achieved {roof['achieved_gbps']:6.2f} GB/s / copy {bw:5.1f} GB/s = ratio {roof['ratio']:.3f}")
-    print(f"threads {a.threads}")
+    print(f"torch threads {a.threads or torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ['OMP_WAIT_POLICY']}")
     print("\n".join(rows))
 
 

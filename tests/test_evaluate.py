@@ -91,7 +91,6 @@ def _bare_lm_eval(model, tok, *, limit, num_fewshot, monkeypatch):
         num_fewshot=num_fewshot,
         log_samples=True,
     )
-    monkeypatch.chdir(Path(__file__).parent)
     return out
 
 

@@ -128,7 +128,8 @@ def test_memory_tracker_reports_the_buffer_in_mib():
 
 @pytest.mark.parametrize("cfg, dims", [
     (GPT2Config(n_layer=12, n_head=12, n_embd=768), (12, 12, 64)),
-    (GPTNeoConfig(num_layers=12, num_heads=12, hidden_size=768, attention_types=[[["global", "local"], 6]]), (12, 12, 64)),
+    (GPTNeoConfig(num_layers=12, num_heads=12, hidden_size=768, attention_types=[[["global", "local"], 6]]),
+     (12, 12, 64)),
     (LlamaConfig(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4), (22, 4, 64)),
     (FalconConfig(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, multi_query=False,
                   new_decoder_architecture=False), (24, 32, 64)),

@@ -120,7 +120,7 @@ class Profile(_Strict):
 class Evaluate(_Strict):
     tasks: tuple[str, ...] = ("llmbench_smoke",)
     limit: int | None = Field(None, ge=1)
-    num_fewshot: int = Field(0, ge=0)
+    num_fewshot: int | None = Field(0, ge=0)  # null keeps each task's own default
     batch_size: int = Field(8, ge=1)
     include_path: str | None = None  # a folder of the user's own lm-eval task YAMLs (local data)
 

@@ -1,0 +1,270 @@
+"""Issue 6 end to end, on git clones of one committed tiny copy of this repo (roster: tiny-gpt2):
+parameter sweeps with DVC experiments (queued ones too), scale-out across clones through a shared
+DVC remote and its run-cache (the benchmark workflow's own job scripts), and a real MLflow server."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from test_e2e import BIN, SMALL, copy_repo, merge, ran, run
+
+from llmbench.config import load_params, params_hash, parse_params
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny-gpt2"
+TINY = {**{k: v for k, v in SMALL.items() if k != "evaluate"}, "roster": [MODEL], "ci_roster": [MODEL]}
+STAGES = {"fetch-dataset", "generate-prompts", "aggregate",
+          *(f"{s}@{MODEL}" for s in ("prepare", "infer", "profile", "evaluate"))}
+METRICS = [f"metrics/{s}/{MODEL}.json" for s in ("infer", "profile", "evaluate")]
+WORKFLOW = Path(__file__).resolve().parents[1] / ".github/workflows/benchmark.yml"
+# generated in the working tree, possibly untracked but not ignored: a clone starts without them
+GENERATED = ("dvc.lock", "metrics", "reports")
+SWEEPS = {"sweep-b2": {"profile": {"batch_sizes": [2]}},
+          "sweep-bf16": {"profile": {"dtypes": ["bfloat16"]}}}
+
+
+def base_env() -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    # `dvc exp run` commits to hidden refs and fails without a git identity (fresh CI runners)
+    for who in ("AUTHOR", "COMMITTER"):
+        env[f"GIT_{who}_NAME"], env[f"GIT_{who}_EMAIL"] = "llmbench tests", "tests@llmbench.invalid"
+    return env
+
+
+def clone(origin: Path, dst: Path, env: dict) -> tuple[Path, dict]:
+    run(["git", "clone", "-q", str(origin), str(dst)], origin.parent, env)
+    return dst, {**env, "PYTHONPATH": str(dst / "src")}  # stages import this checkout's library
+
+
+def workflow_step(job: str, name: str) -> str:
+    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"][job]["steps"]
+    return next(s["run"] for s in steps if s.get("name") == name)
+
+
+def bash(script: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    # exactly GitHub's `shell: bash`
+    return run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd, env)
+
+
+def same_bytes(a: Path, b: Path, rels) -> None:
+    for rel in rels:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} was recomputed, not restored"
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory, repo) -> tuple[Path, dict]:
+    work = copy_repo(repo, tmp_path_factory.mktemp("scaleout") / "origin")
+    for rel in map(work.joinpath, GENERATED):
+        if rel.is_dir():
+            shutil.rmtree(rel)
+        rel.unlink(missing_ok=True)
+    params = merge(yaml.safe_load((work / "params.yaml").read_text()), TINY)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = base_env()
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "init"]):
+        run(cmd, work, env)
+    return work, env
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else ~11 processes; lean: one, ~0.5 GiB
+    log_path = root / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1"],
+            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"mlflow server exited:\n{log_path.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"mlflow server not up:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield url, root / "artifacts"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: the server and any child it forked
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def machine_a(origin, mlflow_server):
+    """One benchmark-workflow `stages` job, verbatim, tracking to the server; then the rest of the
+    pipeline (fetch-dataset, aggregate) and the push of outputs + run-cache to a shared remote."""
+    src, env = origin
+    remote = src.parent / "remote"
+    a, env = clone(src, src.parent / "a", env)
+    env.update(MLFLOW_TRACKING_URI=mlflow_server[0], MODEL=MODEL, URL=str(remote), KEY_ID="", KEY="")
+    bash(workflow_step("stages", "Configure the DVC remote (only when the secret is set)"), a, env)
+    matrix = bash(workflow_step("stages", "Run this model's stages"), a, env)
+    rest = run(["dvc", "repro"], a, env)
+    bash(workflow_step("stages", "Push outputs and run-cache"), a, env)
+    return a, env, remote, ran(matrix) | ran(rest)
+
+
+def test_a_second_clone_reruns_none_of_the_first_clones_stages(origin, machine_a):
+    a, _, remote, ran_a = machine_a
+    assert ran_a == STAGES
+    src, env = origin
+    b, env = clone(src, src.parent / "b", env)
+    run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], b, env)
+    # B makes the shared prompts itself, as a second matrix job would: A's run-cache entries for
+    # infer/profile are keyed on the prompts' hash, so the stage must be deterministic
+    assert ran(run(["dvc", "repro", "generate-prompts"], b, env)) == {"generate-prompts"}
+    same_bytes(a, b, ["data/prompts/prompts.jsonl"])
+    proc = run(["dvc", "repro", "--pull"], b, env)  # pulls run-cache entries and their outputs
+    assert ran(proc) == {"aggregate"}, proc.stdout  # aggregate's outputs are uncached: it always runs
+    assert f"Stage 'profile@{MODEL}' is cached - skipping run" in proc.stdout
+    same_bytes(a, b, METRICS)
+    assert MODEL in (b / "reports/report.md").read_text()
+
+
+def test_the_workflows_aggregate_job_restores_instead_of_recomputing(origin, machine_a):
+    a, _, remote, _ = machine_a
+    src, env = origin
+    c, env = clone(src, src.parent / "c", env)
+    env.update(URL=str(remote), KEY_ID="", KEY="")
+    bash(workflow_step("aggregate", "Configure the DVC remote"), c, env)
+    bash(workflow_step("aggregate", "Pull the run-cache"), c, env)
+    # the step's own guard greps repro.log for recomputed per-model stages and fails the job
+    proc = bash(workflow_step("aggregate", "Aggregate without recomputing"), c, env)
+    assert ran(proc) == {"aggregate"}, proc.stdout
+    same_bytes(a, c, METRICS)
+    assert json.loads((c / "metrics/summary.json").read_text()) == \
+        json.loads((a / "metrics/summary.json").read_text())
+
+
+def _runs(client, name: str = "llmbench"):
+    exp = client.get_experiment_by_name(name)
+    assert exp is not None, f"no MLflow experiment {name!r}"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_pipeline_runs_land_on_the_mlflow_server(machine_a, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    a, env, _, _ = machine_a
+    runs = _runs(MlflowClient(tracking_uri=mlflow_server[0]))
+    assert sorted(r.info.run_name for r in runs) == sorted(STAGES)  # one per stage x model
+    commit = run(["git", "rev-parse", "HEAD"], a, env).stdout.strip()
+    expected_hash = params_hash(load_params(a / "params.yaml"))
+    for r in runs:
+        stage, _, model = r.info.run_name.partition("@")
+        assert (r.data.tags["stage"], r.data.tags["model"]) == (stage, model)
+        assert (r.data.tags["git_commit"], r.data.tags["params_hash"]) == (commit, expected_hash)
+    assert not (a / "mlflow.db").exists()  # MLFLOW_TRACKING_URI won over the local default
+
+
+def test_artifacts_are_stored_by_the_mlflow_server(machine_a, mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    a, _, _, _ = machine_a
+    url, store = mlflow_server
+    client = MlflowClient(tracking_uri=url)
+    runs = {r.info.run_name: r for r in _runs(client)}
+    for name, r in runs.items():
+        # proxied through the server: reachable from every client, not a path on the first one
+        assert r.info.artifact_uri.startswith("mlflow-artifacts:"), (name, r.info.artifact_uri)
+        assert client.list_artifacts(r.info.run_id), f"{name}: no artifacts"
+    prof = runs[f"profile@{MODEL}"]
+    got = client.download_artifacts(prof.info.run_id, f"{MODEL}.json", str(tmp_path))
+    assert json.loads(Path(got).read_text()) == json.loads((a / f"metrics/profile/{MODEL}.json").read_text())
+    assert list(store.rglob(f"{prof.info.run_id}/artifacts/{MODEL}.json"))  # on the server's disk
+
+
+def _md_rows(md: str) -> dict[str, dict[str, str]]:
+    lines = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in md.splitlines() if ln.startswith("|")]
+    header, rows = lines[0], lines[2:]
+    named = {}
+    for cells in rows:
+        first = cells[0]
+        key = first[first.index("[") + 1:first.index("]")] if "[" in first else first
+        named[key] = dict(zip(header, cells))
+    return named
+
+
+def _wait_for_queue(work: Path, env: dict, names, timeout_s: float = 420) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = run(["dvc", "queue", "status"], work, env).stdout
+        status = {p[1]: p[-1] for p in map(str.split, out.splitlines()) if len(p) > 2 and p[1] in names}
+        if len(status) == len(names) and all(s in ("Success", "Failed") for s in status.values()):
+            break
+        assert time.monotonic() < deadline, f"queue not done after {timeout_s} s:\n{out}"
+        time.sleep(5)
+    for name, state in status.items():
+        assert state == "Success", run(["dvc", "queue", "logs", name], work, env).stdout[-3000:]
+
+
+def test_sweeps_queued_and_in_the_workspace(origin, machine_a):
+    from mlflow.tracking import MlflowClient
+
+    src, env = origin
+    s, env = clone(src, src.parent / "s", env)
+    # a warm cache (as on a machine that already ran the pipeline): untouched stages restore
+    shutil.copytree(machine_a[0] / ".dvc/cache", s / ".dvc/cache")
+    committed = yaml.safe_load((s / "params.yaml").read_text())
+    try:
+        for name, over in SWEEPS.items():
+            sets = [f"{sec}.{k}={json.dumps(v)}" for sec, kv in over.items() for k, v in kv.items()]
+            run(["dvc", "exp", "run", "--queue", "-n", name, *(a for x in sets for a in ("-S", x))], s, env)
+        run(["dvc", "queue", "start"], s, env)
+        _wait_for_queue(s, env, SWEEPS)
+        for name in SWEEPS:  # a sweep reruns only the stages that read the swept keys
+            assert ran(run(["dvc", "queue", "logs", name], s, env)) == {f"profile@{MODEL}", "aggregate"}
+        single = run(["dvc", "exp", "run", "-n", "sweep-b12", "-S", "profile.batch_sizes=[1,2]"], s, env)
+    finally:
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=s, env=env, capture_output=True, timeout=120)
+    assert ran(single) == {f"profile@{MODEL}", "aggregate"}
+    prof = json.loads((s / f"metrics/profile/{MODEL}.json").read_text())
+    assert sorted(r["batch_size"] for r in prof["results"] if r["status"] == "ok") == [1, 2]
+
+    keep = rf"^(Experiment|profile\.(batch_sizes|dtypes)|models\.{MODEL}\.(decode_tps|tpot_p50_ms))$"
+    rows = _md_rows(run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", keep], s, env).stdout)
+    expect = {"sweep-b2": ("[2]", "['float32']"), "sweep-bf16": ("[1]", "['bfloat16']"),
+              "sweep-b12": ("[1, 2]", "['float32']")}
+    for name, (batches, dtypes) in expect.items():
+        assert (rows[name]["profile.batch_sizes"], rows[name]["profile.dtypes"]) == (batches, dtypes)
+        assert float(rows[name][f"models.{MODEL}.decode_tps"]) > 0
+
+    # the queued runs ran in .dvc/tmp/exps/tmpXXXX (deleted afterwards); their MLflow runs and
+    # artifacts must be in this repo's mlflow.db and mlartifacts/
+    client = MlflowClient(tracking_uri=f"sqlite:///{s / 'mlflow.db'}")
+    runs = _runs(client)
+    for name, over in SWEEPS.items():
+        h = params_hash(parse_params(merge(json.loads(json.dumps(committed)), over)))
+        mine = {r.info.run_name: r for r in runs if r.data.tags.get("params_hash") == h}
+        assert set(mine) == {f"profile@{MODEL}", "aggregate"}, (name, sorted(mine))
+        logged = mine["aggregate"].data.metrics[f"models.{MODEL}.decode_tps"]
+        assert logged == pytest.approx(float(rows[name][f"models.{MODEL}.decode_tps"]), rel=1e-3)
+        for r in mine.values():
+            folder = Path(r.info.artifact_uri.removeprefix("file://"))
+            assert folder.is_relative_to(s / "mlartifacts") and any(folder.iterdir()), r.info.artifact_uri
