@@ -11,18 +11,23 @@ from typing import Any, Iterable
 from llmbench.errors import UserError
 
 
-def _atomic(path: Path, write) -> Path:
+def _atomic(path: Path, write, binary: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        text = {} if binary else {"encoding": "utf-8", "newline": "\n"}
+        with os.fdopen(fd, "wb" if binary else "w", **text) as fh:
             write(fh)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    return _atomic(path, lambda fh: fh.write(data), binary=True)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import urllib.parse
 import urllib.request
 from importlib import resources
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from llmbench.errors import UserError
+from llmbench.io import write_bytes_atomic
 
 V1_PROTOCOL = "open-llm-leaderboard-v1"
 BENCHMARKS = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
@@ -234,17 +234,6 @@ def _source_bytes(cfg: Any) -> tuple[bytes, dict]:
                     "(expected one of: bundled, url, hf)")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fetch(source_cfg: Mapping[str, Any] | Any, out_dir: str | os.PathLike) -> dict:
     """Fetch, verify, normalise and write the reference table; returns the written metadata.
     Everything is checked before the first byte is written; a failure leaves out_dir untouched."""
@@ -259,8 +248,8 @@ def fetch(source_cfg: Mapping[str, Any] | Any, out_dir: str | os.PathLike) -> di
             "columns": list(table.columns)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / CSV_NAME, csv)
-    _atomic_write(out / META_NAME, (json.dumps(info, indent=2) + "\n").encode())
+    write_bytes_atomic(out / CSV_NAME, csv)
+    write_bytes_atomic(out / META_NAME, (json.dumps(info, indent=2) + "\n").encode())
     return info
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from llmbench.errors import UserError
-from llmbench.reference import BENCHMARKS, V1_PROTOCOL, _atomic_write
+from llmbench.io import write_bytes_atomic
+from llmbench.reference import BENCHMARKS, V1_PROTOCOL
 from llmbench.tradeoff import (Recommendation, comparable, fingerprint_id, pareto_front,
                                recommend, usd_per_mtok)
 
@@ -392,6 +393,5 @@ def write_report(result: ReportResult, reports_dir: str | os.PathLike,
     files[out / "report.md"] = result.markdown.encode()
     files[Path(summary_path)] = (json.dumps(result.summary, indent=2, sort_keys=True) + "\n").encode()
     for path, data in files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, data)
+        write_bytes_atomic(path, data)
     return list(files)
