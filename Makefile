@@ -28,6 +28,6 @@ test: venv
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
-# CI: the same pipeline on the small roster params.yaml names in ci_roster
+# CI: the same pipeline on params.yaml's ci_roster, with its ci_overrides
 ci-bench: venv
-	dvc exp run -S "roster=$$($(PY) -m llmbench.config ci-roster)"
+	dvc exp run $$($(PY) -m llmbench.config ci-args)

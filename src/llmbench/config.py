@@ -149,6 +149,8 @@ class Gate(_Strict):
 class Params(_Strict):
     roster: tuple[str, ...]
     ci_roster: tuple[str, ...] = ()
+    # extra `dvc exp run -S key=value` overrides for CI's runs (e.g. more iterations for the gate)
+    ci_overrides: dict[str, int | float | str] = {}
     models: dict[str, ModelSpec]
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
@@ -220,9 +222,24 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-if __name__ == "__main__":  # `python -m llmbench.config ci-roster` for the Makefile
+def ci_args(params: Params) -> list[str]:
+    """The `dvc exp run` arguments of CI's runs: the CI roster plus ci_overrides."""
+    args = ["-S", "roster=[" + ",".join(params.ci_roster or params.roster) + "]"]
+    for key, value in params.ci_overrides.items():
+        args += ["-S", f"{key}={value}"]
+    return args
+
+
+if __name__ == "__main__":  # for the Makefile and the workflows
     import sys
 
-    p = load_params()
+    try:
+        p = load_params()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
     if sys.argv[1:] == ["ci-roster"]:
         print("[" + ",".join(p.ci_roster or p.roster) + "]")
+    elif sys.argv[1:] == ["ci-args"]:
+        print(" ".join(ci_args(p)))
+    else:
+        sys.exit("usage: python -m llmbench.config ci-roster|ci-args")
