@@ -29,14 +29,16 @@ METRICS = [f"metrics/{s}/{MODEL}.json" for s in ("infer", "profile", "evaluate")
 WORKFLOW = Path(__file__).resolve().parents[1] / ".github/workflows/benchmark.yml"
 # generated in the working tree, possibly untracked but not ignored: a clone starts without them
 GENERATED = ("dvc.lock", "metrics", "reports")
+# queued (dvc exp run --queue, dvc queue start) and one run in the workspace (dvc exp run)
 SWEEPS = {"sweep-b2": {"profile": {"batch_sizes": [2]}},
           "sweep-bf16": {"profile": {"dtypes": ["bfloat16"]}}}
+WORKSPACE_SWEEP = ("sweep-b12", {"profile": {"batch_sizes": [1, 2]}})
 
 
 def base_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{BIN}:{env['PATH']}"
-    # `dvc exp run` commits to hidden refs and fails without a git identity (fresh CI runners)
+    # `dvc exp run` on a dirty workspace stashes it with a git commit: needs an identity
     for who in ("AUTHOR", "COMMITTER"):
         env[f"GIT_{who}_NAME"], env[f"GIT_{who}_EMAIL"] = "llmbench tests", "tests@llmbench.invalid"
     return env
@@ -57,9 +59,9 @@ def bash(script: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script], cwd, env)
 
 
-def same_bytes(a: Path, b: Path, rels) -> None:
+def same_bytes(a: Path, b: Path, rels, why: str = "was recomputed, not restored") -> None:
     for rel in rels:
-        assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} was recomputed, not restored"
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), f"{rel} {why}"
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +138,15 @@ def test_a_second_clone_reruns_none_of_the_first_clones_stages(origin, machine_a
     src, env = origin
     b, env = clone(src, src.parent / "b", env)
     run(["dvc", "remote", "add", "--local", "-d", "shared", str(remote)], b, env)
-    # B makes the shared prompts itself, as a second matrix job would: A's run-cache entries for
-    # infer/profile are keyed on the prompts' hash, so the stage must be deterministic
-    assert ran(run(["dvc", "repro", "generate-prompts"], b, env)) == {"generate-prompts"}
-    same_bytes(a, b, ["data/prompts/prompts.jsonl"])
-    proc = run(["dvc", "repro", "--pull"], b, env)  # pulls run-cache entries and their outputs
+    # B makes the shared prompts itself, with CI's params as a second matrix job would: A's
+    # run-cache entries for infer/profile are keyed on the prompts' hash (deterministic stages)
+    ci_args = run(["python", "-m", "llmbench.config", "ci-args"], b, env).stdout.split()
+    own = run(["dvc", "exp", "run", *ci_args, "generate-prompts"], b, env)
+    assert ran(own) == {"generate-prompts"}
+    same_bytes(a, b, ["data/prompts/prompts.jsonl"], "differs between clones: not deterministic")
+    # plain repro on the params exp run left in the workspace (CI's, as on A); --pull fetches
+    # run-cache entries and their outputs (plain `dvc pull --run-cache` fails with no dvc.lock)
+    proc = run(["dvc", "repro", "--pull"], b, env)
     assert ran(proc) == {"aggregate"}, proc.stdout  # aggregate's outputs are uncached: it always runs
     assert f"Stage 'profile@{MODEL}' is cached - skipping run" in proc.stdout
     same_bytes(a, b, METRICS)
@@ -196,12 +202,14 @@ def test_artifacts_are_stored_by_the_mlflow_server(machine_a, mlflow_server, tmp
         assert client.list_artifacts(r.info.run_id), f"{name}: no artifacts"
     prof = runs[f"profile@{MODEL}"]
     got = client.download_artifacts(prof.info.run_id, f"{MODEL}.json", str(tmp_path))
-    assert json.loads(Path(got).read_text()) == json.loads((a / f"metrics/profile/{MODEL}.json").read_text())
+    mine = json.loads((a / f"metrics/profile/{MODEL}.json").read_text())
+    assert json.loads(Path(got).read_text()) == mine
     assert list(store.rglob(f"{prof.info.run_id}/artifacts/{MODEL}.json"))  # on the server's disk
 
 
 def _md_rows(md: str) -> dict[str, dict[str, str]]:
-    lines = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in md.splitlines() if ln.startswith("|")]
+    lines = [[c.strip() for c in ln.strip().strip("|").split("|")]
+             for ln in md.splitlines() if ln.startswith("|")]
     header, rows = lines[0], lines[2:]
     named = {}
     for cells in rows:
@@ -215,13 +223,19 @@ def _wait_for_queue(work: Path, env: dict, names, timeout_s: float = 420) -> Non
     deadline = time.monotonic() + timeout_s
     while True:
         out = run(["dvc", "queue", "status"], work, env).stdout
-        status = {p[1]: p[-1] for p in map(str.split, out.splitlines()) if len(p) > 2 and p[1] in names}
+        status = {p[1]: p[-1] for p in map(str.split, out.splitlines())
+                  if len(p) > 2 and p[1] in names}
         if len(status) == len(names) and all(s in ("Success", "Failed") for s in status.values()):
             break
         assert time.monotonic() < deadline, f"queue not done after {timeout_s} s:\n{out}"
         time.sleep(5)
     for name, state in status.items():
         assert state == "Success", run(["dvc", "queue", "logs", name], work, env).stdout[-3000:]
+
+
+def _set_args(over: dict) -> list[str]:
+    return [a for sec, kv in over.items() for k, v in kv.items()
+            for a in ("-S", f"{sec}.{k}={json.dumps(v)}")]
 
 
 def test_sweeps_queued_and_in_the_workspace(origin, machine_a):
@@ -232,39 +246,42 @@ def test_sweeps_queued_and_in_the_workspace(origin, machine_a):
     # a warm cache (as on a machine that already ran the pipeline): untouched stages restore
     shutil.copytree(machine_a[0] / ".dvc/cache", s / ".dvc/cache")
     committed = yaml.safe_load((s / "params.yaml").read_text())
+    swept = {f"profile@{MODEL}", "aggregate"}  # a sweep reruns only the stages reading its keys
     try:
         for name, over in SWEEPS.items():
-            sets = [f"{sec}.{k}={json.dumps(v)}" for sec, kv in over.items() for k, v in kv.items()]
-            run(["dvc", "exp", "run", "--queue", "-n", name, *(a for x in sets for a in ("-S", x))], s, env)
+            run(["dvc", "exp", "run", "--queue", "-n", name, *_set_args(over)], s, env)
         run(["dvc", "queue", "start"], s, env)
         _wait_for_queue(s, env, SWEEPS)
-        for name in SWEEPS:  # a sweep reruns only the stages that read the swept keys
-            assert ran(run(["dvc", "queue", "logs", name], s, env)) == {f"profile@{MODEL}", "aggregate"}
-        single = run(["dvc", "exp", "run", "-n", "sweep-b12", "-S", "profile.batch_sizes=[1,2]"], s, env)
+        for name in SWEEPS:
+            assert ran(run(["dvc", "queue", "logs", name], s, env)) == swept
+        name, over = WORKSPACE_SWEEP
+        single = run(["dvc", "exp", "run", "-n", name, *_set_args(over)], s, env)
     finally:
-        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=s, env=env, capture_output=True, timeout=120)
-    assert ran(single) == {f"profile@{MODEL}", "aggregate"}
+        subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=s, env=env, capture_output=True,
+                       timeout=120)
+    assert ran(single) == swept
     prof = json.loads((s / f"metrics/profile/{MODEL}.json").read_text())
     assert sorted(r["batch_size"] for r in prof["results"] if r["status"] == "ok") == [1, 2]
 
+    tps = f"models.{MODEL}.decode_tps"
     keep = rf"^(Experiment|profile\.(batch_sizes|dtypes)|models\.{MODEL}\.(decode_tps|tpot_p50_ms))$"
-    rows = _md_rows(run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", keep], s, env).stdout)
-    expect = {"sweep-b2": ("[2]", "['float32']"), "sweep-bf16": ("[1]", "['bfloat16']"),
-              "sweep-b12": ("[1, 2]", "['float32']")}
-    for name, (batches, dtypes) in expect.items():
-        assert (rows[name]["profile.batch_sizes"], rows[name]["profile.dtypes"]) == (batches, dtypes)
-        assert float(rows[name][f"models.{MODEL}.decode_tps"]) > 0
+    show = run(["dvc", "exp", "show", "--md", "--drop", ".*", "--keep", keep], s, env).stdout
+    rows = _md_rows(show)
+    experiments = {**SWEEPS, WORKSPACE_SWEEP[0]: WORKSPACE_SWEEP[1]}
+    swept_params = {n: merge(json.loads(json.dumps(committed)), o) for n, o in experiments.items()}
+    for name, params in swept_params.items():
+        want = (str(params["profile"]["batch_sizes"]), str(params["profile"]["dtypes"]))
+        assert (rows[name]["profile.batch_sizes"], rows[name]["profile.dtypes"]) == want, show
+        assert float(rows[name][tps]) > 0, show
 
-    # the queued runs ran in .dvc/tmp/exps/tmpXXXX (deleted afterwards); their MLflow runs and
-    # artifacts must be in this repo's mlflow.db and mlartifacts/
-    client = MlflowClient(tracking_uri=f"sqlite:///{s / 'mlflow.db'}")
-    runs = _runs(client)
-    for name, over in SWEEPS.items():
-        h = params_hash(parse_params(merge(json.loads(json.dumps(committed)), over)))
+    # queued runs ran in .dvc/tmp/exps/tmpXXXX (deleted afterwards): their MLflow runs and
+    # artifacts must be in this repo's mlflow.db and mlartifacts/, found by their params hash
+    runs = _runs(MlflowClient(tracking_uri=f"sqlite:///{s / 'mlflow.db'}"))
+    for name, params in swept_params.items():
+        h = params_hash(parse_params(params))
         mine = {r.info.run_name: r for r in runs if r.data.tags.get("params_hash") == h}
-        assert set(mine) == {f"profile@{MODEL}", "aggregate"}, (name, sorted(mine))
-        logged = mine["aggregate"].data.metrics[f"models.{MODEL}.decode_tps"]
-        assert logged == pytest.approx(float(rows[name][f"models.{MODEL}.decode_tps"]), rel=1e-3)
+        assert set(mine) == swept, (name, sorted(mine))
+        assert mine["aggregate"].data.metrics[tps] == pytest.approx(float(rows[name][tps]), rel=1e-3)
         for r in mine.values():
             folder = Path(r.info.artifact_uri.removeprefix("file://"))
             assert folder.is_relative_to(s / "mlartifacts") and any(folder.iterdir()), r.info.artifact_uri

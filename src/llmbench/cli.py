@@ -10,6 +10,7 @@ from typing import Callable
 from llmbench.config import Params, load_params
 from llmbench.errors import UserError
 from llmbench.logs import log_event, setup_logging
+from llmbench.tracking import repo_root
 
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -34,7 +35,8 @@ def run_stage(stage: str, main: Callable[..., None], per_model: bool = False) ->
             if model not in params.models:
                 raise UserError(f"params.yaml: models.{model}: not defined (defined: {', '.join(params.models)})")
         apply_network(params)
-        setup_logging(stage, model, Path(params.paths.logs))
+        # logs go to the user's repo, also from a queued experiment's temp copy
+        setup_logging(stage, model, repo_root() / params.paths.logs)
         log_event("start")
         main(params, model) if per_model else main(params)
         log_event("done")

@@ -75,11 +75,19 @@ def stage_run(stage: str, model: str | None, params: Params, fingerprint: dict |
               logged_params: dict | None = None) -> Iterator[StageRun]:
     import mlflow  # heavy import, only inside a stage
 
-    mlflow.set_tracking_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
     name = params.tracking.experiment
     if mlflow.get_experiment_by_name(name) is None:
-        # artifacts next to the db in the user's repo, not in the cwd (a temp copy under queues)
-        mlflow.create_experiment(name, artifact_location=(repo_root() / "mlartifacts").as_uri())
+        # a tracking server stores artifacts where every client can reach them; a local store
+        # keeps them next to the db in the user's repo, not in the cwd (a temp copy under queues)
+        served = uri.startswith(("http://", "https://", "databricks"))
+        try:
+            mlflow.create_experiment(
+                name, artifact_location=None if served else (repo_root() / "mlartifacts").as_uri())
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(name) is None:  # else a parallel job created it first
+                raise
     mlflow.set_experiment(name)
     tags = {"stage": stage, "model": model or "", "git_commit": git_commit(),
             "params_hash": params_hash(params), "llmbench.weights": ""}
