@@ -68,3 +68,11 @@ def test_stage_exits_2_with_one_line(tmp_path, repo):
         "error: params.yaml: models.tiny.source: unknown source 'gguf_pkg' "
         "(expected one of: gguf-package, hub, local, random)"]
     assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_model_name_with_a_dot_is_refused():
+    # DVC would read models.tiny-1.1b as a nested key and fail mid-pipeline
+    raw = base()
+    raw["models"]["tiny-1.1b"] = {"source": "random", "config": "tiny-gpt2"}
+    with pytest.raises(UserError, match=r"^params.yaml: models.tiny-1.1b: model names may use letters"):
+        parse_params(raw)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -167,6 +168,11 @@ class Params(_Strict):
 
     @model_validator(mode="after")
     def _roster_known(self) -> "Params":
+        for name in self.models:
+            # names become DVC params keys (models.<name>) and stage names (infer@<name>)
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+                raise ValueError(f"models.{name}: model names may use letters, digits, '-' and '_' "
+                                 "only (a '.' would split the DVC params key)")
         for key in ("roster", "ci_roster"):
             for name in getattr(self, key):
                 if name not in self.models:
