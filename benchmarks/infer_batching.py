@@ -29,15 +29,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])  # infer.dtype
     args = ap.parse_args()
-    model, tok, info = load(Path(args.prepared))
+    model, tok, info = load(Path(args.prepared), dtype=args.dtype)
     prompts = read_jsonl(Path(args.prompts))
     generate(model, tok, prompts[:2], batch_size=2, max_new_tokens=4, progress=False)  # warm up
     one, batched = [], []
     for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both sides
         one.append(tok_per_s(model, tok, prompts, 1, args.max_new_tokens))
         batched.append(tok_per_s(model, tok, prompts, args.batch, args.max_new_tokens))
-    print(f"model {info.name} ({info.weights}, {info.params:,} params), {len(prompts)} prompts, "
+    print(f"model {info.name} ({info.weights}, {info.params:,} params, {args.dtype}), {len(prompts)} prompts, "
           f"max_new_tokens {args.max_new_tokens}, {args.rounds} rounds")
     print(f"one prompt at a time : {np.median(one):8.1f} generated tok/s  {np.round(one, 1).tolist()}")
     print(f"batch {args.batch:<14d} : {np.median(batched):8.1f} generated tok/s  {np.round(batched, 1).tolist()}")

@@ -22,7 +22,7 @@ def main(params: Params, name: str) -> None:
             record = skipped_record(name, weights, "random weights: accuracy is chance by construction")
             samples = []
         else:
-            model, tok, _ = load(prepared, dtype=params.infer.dtype)  # one load; lm-eval wraps it
+            model, tok, _ = load(prepared, dtype=cfg.dtype)  # one load; lm-eval wraps it
             summary, samples = evaluate_model(model, tok, tasks=list(cfg.tasks), limit=cfg.limit,
                                               num_fewshot=cfg.num_fewshot, batch_size=cfg.batch_size,
                                               include_path=cfg.include_path)

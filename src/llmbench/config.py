@@ -96,7 +96,7 @@ class Prompts(_Strict):
 class Infer(_Strict):
     batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(32, ge=1)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
     threads: int | None = Field(None, ge=1)
 
 
@@ -123,6 +123,7 @@ class Evaluate(_Strict):
     limit: int | None = Field(None, ge=1)
     num_fewshot: int | None = Field(0, ge=0)  # null keeps each task's own default
     batch_size: int = Field(8, ge=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # scoring log-likelihoods: full precision
     include_path: str | None = None  # a folder of the user's own lm-eval task YAMLs (local data)
 
 
