@@ -22,26 +22,30 @@ class StepClock(LogitsProcessor):
         return scores
 
 
-def render(tok, prompt: dict, chat: bool) -> str:
+def encode(tok, prompt: dict, chat: bool) -> list[int]:
+    """Token ids of one prompt: through the chat template for chat variants when the model has
+    one (the template writes its own BOS), else plain text with the tokenizer's special tokens
+    (Gemma, for one, degenerates without its BOS)."""
     if chat and prompt["variant"] == "chat" and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template([{"role": "user", "content": prompt["text"]}],
+        text = tok.apply_chat_template([{"role": "user", "content": prompt["text"]}],
                                        tokenize=False, add_generation_prompt=True)
-    return prompt["text"]
+        return tok(text, add_special_tokens=False).input_ids
+    return tok(prompt["text"]).input_ids
 
 
 def generate(model, tok, prompts: list[dict], *, batch_size: int, max_new_tokens: int,
              chat: bool = True, progress: bool = True) -> list[dict]:
     """Greedy generation in batches (left padding; prompts grouped by length so a batch wastes
     little on padding). Returns one record per prompt, in the input order."""
-    texts = [render(tok, p, chat) for p in prompts]
-    lengths = [len(tok(t, add_special_tokens=False).input_ids) for t in texts]
+    ids = [encode(tok, p, chat) for p in prompts]
+    lengths = [len(x) for x in ids]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     eos = {tok.eos_token_id, tok.pad_token_id} - {None}
     out: dict[int, dict] = {}
     bar = tqdm(total=len(prompts), desc="infer", unit="prompt", disable=not progress)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok.pad([{"input_ids": ids[i]} for i in idx], return_tensors="pt")  # left padding
         clock = StepClock()
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -49,9 +53,9 @@ def generate(model, tok, prompts: list[dict], *, batch_size: int, max_new_tokens
                                  logits_processor=LogitsProcessorList([clock]), pad_token_id=tok.pad_token_id)
         new = gen[:, enc.input_ids.shape[1]:]
         for row, i in enumerate(idx):
-            ids = new[row].tolist()
-            n_out = next((k + 1 for k, t in enumerate(ids) if t in eos), len(ids))  # eos counts as generated
-            text = tok.decode(ids[:n_out], skip_special_tokens=True)
+            gen_ids = new[row].tolist()
+            n_out = next((k + 1 for k, t in enumerate(gen_ids) if t in eos), len(gen_ids))  # eos counts
+            text = tok.decode(gen_ids[:n_out], skip_special_tokens=True)
             out[i] = {"prompt_id": prompts[i]["id"], "output": text, "n_in": lengths[i], "n_out": n_out,
                       "batch": len(idx), "ttft_s": clock.stamps[0] - t0,
                       "e2e_s": clock.stamps[min(n_out, len(clock.stamps)) - 1] - t0,
