@@ -30,4 +30,4 @@ test-fast: venv
 
 # CI: the same pipeline on params.yaml's ci_roster, with its ci_overrides
 ci-bench: venv
-	dvc exp run $$($(PY) -m llmbench.config ci-args)
+	args="$$($(PY) -m llmbench.config ci-args)" && dvc exp run $$args

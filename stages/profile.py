@@ -20,7 +20,7 @@ def main(params: Params, name: str) -> None:
     def factory(dtype: str, attn: str):
         return load(prepared, dtype=dtype, attn_implementation=attn, seed=params.prompts.seed)[0]
 
-    with stage_run("profile", name, params, fingerprint=fingerprint(),
+    with stage_run("profile", name, params, fingerprint=fingerprint(params.profile.device or "cpu"),
                    logged_params={k: v for k, v in cfg.items() if v is not None}) as run:
         run.mlflow.set_tag("llmbench.weights", info.weights)
         result = run_profile(factory, load_tokenizer(prepared), info, texts, cfg,

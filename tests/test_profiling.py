@@ -198,3 +198,16 @@ def test_fingerprint_and_bandwidth():
     assert fp["cores"] >= 1 and fp["ram_gib"] > 0 and fp["torch"] == torch.__version__
     assert (fp["dtype"], fp["attention"], fp["device"]) == ("bfloat16", "sdpa", "cpu")
     assert 0.1 < profiling.measure_copy_bandwidth(16, repeats=2) < 10_000
+
+
+def test_cuda_device_without_cuda_is_a_one_line_error():
+    import torch
+
+    from llmbench.errors import UserError
+    from llmbench.profiling import resolve_cfg
+
+    if torch.cuda.is_available():
+        assert resolve_cfg({"device": "cuda"})["device"] == "cuda"
+    else:
+        with pytest.raises(UserError, match=r"^params.yaml: profile.device: CUDA is not available"):
+            resolve_cfg({"device": "cuda"})

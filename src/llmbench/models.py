@@ -131,7 +131,9 @@ def prepare(name: str, spec: ModelSpec, out_dir: Path) -> dict:
             src = Path(spec.path).expanduser().resolve()
             if not (src / "config.json").exists():
                 raise UserError(f"models.{name}.path: '{spec.path}' is not a save_pretrained folder (no config.json)")
-            _write_manifest(tmp, name, spec, "pretrained", f"local:{src}", path=str(src))
+            # a copy, so the folder is a DVC output: cached, hashed and restorable elsewhere
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            _write_manifest(tmp, name, spec, "pretrained", f"local:{src}")
         elif isinstance(spec, RandomModel):
             cfg = bundled_config(spec.config)
             config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)

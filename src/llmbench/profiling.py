@@ -97,6 +97,11 @@ def _validate(c: dict) -> None:
         bad("threads", f"must be null or an integer >= 1, got {c['threads']!r}")
     if not isinstance(c["device"], str) or c["device"].split(":")[0] not in ("cpu", "cuda"):
         bad("device", f"must be 'cpu' or 'cuda[:N]', got {c['device']!r}")
+    if c["device"].startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            bad("device", "CUDA is not available here (torch.cuda.is_available() is False)")
     if set(c["large_model_overrides"] or {}) - set(GRID_KEYS):
         bad("large_model_overrides", f"keys must be among {list(GRID_KEYS)}")
 
