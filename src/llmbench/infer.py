@@ -1,25 +1,12 @@
 """Batched greedy generation over the prompts, with per-request ttft/e2e from step timestamps."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
 from tqdm import tqdm
-from transformers import LogitsProcessor, LogitsProcessorList
 
 from llmbench.io import sha256_text
-
-
-class StepClock(LogitsProcessor):
-    """Stamps the wall time of every decoding step (called once per generated token)."""
-
-    def __init__(self):
-        self.stamps: list[float] = []
-
-    def __call__(self, input_ids, scores):
-        self.stamps.append(time.perf_counter())
-        return scores
+from llmbench.trackers import TokenTimer
 
 
 def encode(tok, prompt: dict, chat: bool) -> list[int]:
@@ -46,19 +33,20 @@ def generate(model, tok, prompts: list[dict], *, batch_size: int, max_new_tokens
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = tok.pad([{"input_ids": ids[i]} for i in idx], return_tensors="pt")  # left padding
-        clock = StepClock()
-        t0 = time.perf_counter()
+        timer = TokenTimer(str(model.device))  # per-step timestamps, seconds since start()
+        timer.start()
         with torch.inference_mode():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 logits_processor=LogitsProcessorList([clock]), pad_token_id=tok.pad_token_id)
+            gen = model.generate(**enc.to(model.device), max_new_tokens=max_new_tokens, do_sample=False,
+                                 streamer=timer, pad_token_id=tok.pad_token_id)
+        stamps = timer.token_times()
         new = gen[:, enc.input_ids.shape[1]:]
         for row, i in enumerate(idx):
             gen_ids = new[row].tolist()
             n_out = next((k + 1 for k, t in enumerate(gen_ids) if t in eos), len(gen_ids))  # eos counts
             text = tok.decode(gen_ids[:n_out], skip_special_tokens=True)
             out[i] = {"prompt_id": prompts[i]["id"], "output": text, "n_in": lengths[i], "n_out": n_out,
-                      "batch": len(idx), "ttft_s": clock.stamps[0] - t0,
-                      "e2e_s": clock.stamps[min(n_out, len(clock.stamps)) - 1] - t0,
+                      "batch": len(idx), "ttft_s": stamps[0],
+                      "e2e_s": stamps[min(n_out, len(stamps)) - 1],
                       "sha256": sha256_text(text)}
         bar.update(len(idx))
     bar.close()
