@@ -16,8 +16,8 @@ def main(params: Params, name: str) -> None:
     metrics_path = Path(params.paths.metrics) / "evaluate" / f"{name}.json"
     samples_path = Path(params.paths.outputs) / "evaluate" / f"{name}.jsonl"
     weights = manifest(prepared)["weights"]
-    with stage_run("evaluate", name, params, logged_params=cfg.model_dump(mode="json")) as run:
-        run.mlflow.set_tag("llmbench.weights", weights)
+    with stage_run("evaluate", name, params, logged_params=cfg.model_dump(mode="json"),
+                   weights=weights) as run:
         if weights == "random":
             record = skipped_record(name, weights, "random weights: accuracy is chance by construction")
             samples = []

@@ -21,8 +21,8 @@ def main(params: Params, name: str) -> None:
     weights = manifest(prepared)["weights"]
     record = {"model": name, "weights": weights, "batch_size": cfg.batch_size,
               "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
-    with stage_run("infer", name, params, logged_params=cfg.model_dump(mode="json")) as run:
-        run.mlflow.set_tag("llmbench.weights", weights)
+    with stage_run("infer", name, params, logged_params=cfg.model_dump(mode="json"),
+                   weights=weights) as run:
         if weights == "random":
             # text from random weights is noise; these models are profiled, not run on prompts
             record.update(status="skipped", reason="random weights: outputs would be noise; profiled only")

@@ -21,8 +21,8 @@ def main(params: Params, name: str) -> None:
         return load(prepared, dtype=dtype, attn_implementation=attn, seed=params.prompts.seed)[0]
 
     with stage_run("profile", name, params, fingerprint=fingerprint(params.profile.device or "cpu"),
-                   logged_params={k: v for k, v in cfg.items() if v is not None}) as run:
-        run.mlflow.set_tag("llmbench.weights", info.weights)
+                   logged_params={k: v for k, v in cfg.items() if v is not None},
+                   weights=info.weights) as run:
         result = run_profile(factory, load_tokenizer(prepared), info, texts, cfg,
                              progress=lambda msg: log_event(msg))
         result["model"] = name

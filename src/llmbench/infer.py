@@ -1,11 +1,11 @@
 """Batched greedy generation over the prompts, with per-request ttft/e2e from step timestamps."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from llmbench.io import sha256_text
+from llmbench.metrics import summarize as stats
 from llmbench.trackers import TokenTimer
 
 
@@ -57,5 +57,5 @@ def summarize(results: list[dict], wall_s: float) -> dict:
     n_out = sum(r["n_out"] for r in results)
     return {"n_prompts": len(results), "generated_tokens": n_out, "wall_s": wall_s,
             "gen_tps": n_out / wall_s if wall_s > 0 else None,
-            "ttft_p50_s": float(np.percentile([r["ttft_s"] for r in results], 50)),
-            "e2e_p50_s": float(np.percentile([r["e2e_s"] for r in results], 50))}
+            "ttft_p50_s": stats([r["ttft_s"] for r in results])["p50"],
+            "e2e_p50_s": stats([r["e2e_s"] for r in results])["p50"]}

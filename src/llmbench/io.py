@@ -59,7 +59,14 @@ def read_jsonl(path: Path) -> list[dict]:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: not found (has its stage run? try `dvc repro`)") from None
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}:{n}: not valid JSON ({exc.msg}); rerun its stage") from None
+    return rows
 
 
 def sha256_text(text: str) -> str:

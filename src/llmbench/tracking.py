@@ -36,15 +36,20 @@ def git_commit() -> str:
         return "none"
 
 
-def _flat(prefix: str, obj: Any, out: dict) -> dict:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flat(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(obj, bool):
-        out[prefix] = float(obj)
-    elif isinstance(obj, (int, float)) and math.isfinite(obj):
-        out[prefix] = float(obj)
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"a.b.c": leaf}."""
+    if not isinstance(obj, dict):
+        return {prefix: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
+
+
+def _numeric(flat: dict[str, Any]) -> dict[str, float]:
+    # MLflow metrics are finite floats; strings, None and NaN are left out
+    return {k.replace("@", "_"): float(v) for k, v in flat.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 class StageRun:
@@ -52,7 +57,7 @@ class StageRun:
         self.mlflow = mlflow_module
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        flat = {k.replace("@", "_"): v for k, v in _flat("", metrics, {}).items()}
+        flat = _numeric(flatten(metrics))
         if flat:
             self.mlflow.log_metrics(flat, step=step)
 
@@ -72,7 +77,7 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(stage: str, model: str | None, params: Params, fingerprint: dict | None = None,
-              logged_params: dict | None = None) -> Iterator[StageRun]:
+              logged_params: dict | None = None, weights: str = "") -> Iterator[StageRun]:
     import mlflow  # heavy import, only inside a stage
 
     uri = tracking_uri(params)
@@ -90,18 +95,10 @@ def stage_run(stage: str, model: str | None, params: Params, fingerprint: dict |
                 raise
     mlflow.set_experiment(name)
     tags = {"stage": stage, "model": model or "", "git_commit": git_commit(),
-            "params_hash": params_hash(params), "llmbench.weights": ""}
+            "params_hash": params_hash(params), "llmbench.weights": weights}
     tags.update({f"fingerprint.{k}": str(v) for k, v in (fingerprint or {}).items()})
     with mlflow.start_run(run_name=f"{stage}@{model}" if model else stage, tags=tags):
         if logged_params:
-            mlflow.log_params({k: str(v)[:500] for k, v in _flat_any("", logged_params, {}).items()})
+            mlflow.log_params({k: str(v)[:500] for k, v in flatten(logged_params).items()})
         yield StageRun(mlflow)
 
-
-def _flat_any(prefix: str, obj: Any, out: dict) -> dict:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flat_any(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = obj
-    return out
