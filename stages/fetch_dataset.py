@@ -10,9 +10,9 @@ from llmbench.tracking import stage_run
 
 def main(params: Params) -> None:
     out = Path(params.paths.reference)
-    cfg = params.dataset.model_dump(mode="json")
-    with stage_run("fetch-dataset", None, params, logged_params=cfg) as run:
-        info = fetch(cfg, out)
+    with stage_run("fetch-dataset", None, params,
+                   logged_params=params.dataset.model_dump(mode="json")) as run:
+        info = fetch(params.dataset, out)
         log_event("reference written", rows=info["rows"], sha256=info["sha256"])
         run.log_metrics({"rows": info["rows"]})
         run.mlflow.set_tag("reference.sha256", info["sha256"])

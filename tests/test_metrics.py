@@ -7,8 +7,8 @@ import pytest
 from llmbench import metrics
 
 
-def test_summarize_hand_computed():
-    s = metrics.summarize([4, 1, 3, 2])
+def test_describe_samples_hand_computed():
+    s = metrics.describe_samples([4, 1, 3, 2])
     # sorted 1,2,3,4; linear interpolation at rank q*(n-1): p90 -> 2.7 -> 3 + 0.7 = 3.7
     assert s["p50"] == pytest.approx(2.5)
     assert s["p90"] == pytest.approx(3.7)
@@ -23,25 +23,25 @@ def test_summarize_hand_computed():
     assert set(s) == set(metrics.STAT_KEYS)
 
 
-def test_summarize_single_and_empty():
-    s = metrics.summarize([0.25])
+def test_describe_samples_single_and_empty():
+    s = metrics.describe_samples([0.25])
     assert (s["p50"], s["p99"], s["std"], s["cv"], s["n"]) == (0.25, 0.25, 0.0, 0.0, 1)
-    e = metrics.summarize([])
+    e = metrics.describe_samples([])
     assert e["n"] == 0 and e["values"] == [] and e["p50"] is None and e["cv"] is None
 
 
-def test_summarize_zero_mean_cv_none_and_rejects_nan():
-    assert metrics.summarize([0.0, 0.0])["cv"] is None
+def test_describe_samples_zero_mean_cv_none_and_rejects_nan():
+    assert metrics.describe_samples([0.0, 0.0])["cv"] is None
     with pytest.raises(ValueError):
-        metrics.summarize([1.0, float("nan")])
+        metrics.describe_samples([1.0, float("nan")])
 
 
-def test_summarize_is_json_plain():
+def test_describe_samples_is_json_plain():
     import json
 
     import numpy as np
 
-    s = metrics.summarize(np.array([1.0, 2.0], dtype=np.float32))
+    s = metrics.describe_samples(np.array([1.0, 2.0], dtype=np.float32))
     assert json.loads(json.dumps(s)) == s
 
 
@@ -68,3 +68,11 @@ def test_bandwidth_and_roofline():
     assert r == pytest.approx({"achieved_gbps": 10.0, "ratio": 0.25})
     assert metrics.roofline(500e6, None, 40.0) is None
     assert metrics.mib(3 * 2**20) == 3.0
+
+
+def test_stat_keys_are_the_stats_model_fields():
+    from llmbench.results import Stats
+
+    assert set(metrics.STAT_KEYS) == set(Stats.model_fields)
+    Stats(**metrics.describe_samples([1.0, 2.0]))  # a describe_samples dict is a valid Stats
+    Stats(**metrics.describe_samples([]))

@@ -1,7 +1,7 @@
 """Reference dataset sources: bundled table, url with pinned sha256, hf at a pinned revision."""
 import hashlib
 import json
-import os
+import socket
 import subprocess
 import sys
 import time
@@ -10,10 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from llmbench.config import Dataset, parse_params
 from llmbench.errors import UserError
 from llmbench.reference import V1_PROTOCOL, fetch, load_reference
 
 REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+def ds(**keys) -> Dataset:
+    """The dataset: section as the stage gets it: through params validation."""
+    raw = {"roster": ["t"], "models": {"t": {"source": "random", "config": "tiny-gpt2"}}, "dataset": keys}
+    return parse_params(raw).dataset
 
 
 @pytest.fixture
@@ -46,7 +53,7 @@ def leaderboard_csv(path):
 
 
 def test_bundled_table_matches_design_numbers(tmp_path):
-    info = fetch({"source": "bundled"}, tmp_path / "ref")
+    info = fetch(ds(source="bundled"), tmp_path / "ref")
     csv = tmp_path / "ref" / "reference.csv"
     meta = json.loads((tmp_path / "ref" / "reference.json").read_text())
     assert meta == info and meta["sha256"] == sha(csv) and meta["source"]["kind"] == "bundled"
@@ -73,7 +80,7 @@ def test_url_csv_with_good_sha(tmp_path, http_dir):
     leaderboard_csv(root / "lb.csv")
     cfg = {"source": "url", "url": f"{base}/lb.csv", "sha256": sha(root / "lb.csv"),
            "protocol": V1_PROTOCOL}
-    info = fetch(cfg, tmp_path / "ref")
+    info = fetch(ds(**cfg), tmp_path / "ref")
     df = load_reference(tmp_path / "ref").set_index("model_id")
     assert info["rows"] == 2 and info["source"]["url"] == cfg["url"]
     assert df.loc["org/a", "params"] == pytest.approx(125e6)  # billions -> count
@@ -89,8 +96,7 @@ def test_url_parquet_long_format(tmp_path, http_dir):
     long = pd.DataFrame({"model_id": ["m", "m"], "benchmark": ["arc", "piqa"], "value": [40.0, 60.0],
                          "shots": [25, 0], "metric": ["acc_norm", "acc"], "protocol": ["mine", "mine"]})
     long.to_parquet(root / "t.parquet")
-    fetch({"source": "url", "url": f"{base}/t.parquet", "sha256": sha(root / "t.parquet")},
-          tmp_path / "ref")
+    fetch(ds(source="url", url=f"{base}/t.parquet", sha256=sha(root / "t.parquet")), tmp_path / "ref")
     row = load_reference(tmp_path / "ref").iloc[0]
     assert row["arc"] == 40.0 and row["extra_piqa"] == 60.0 and row["protocol"] == "mine"
 
@@ -101,25 +107,36 @@ def test_url_bad_sha_writes_nothing(tmp_path, http_dir):
     wrong = "0" * 64
     out = tmp_path / "ref"
     with pytest.raises(UserError) as err:
-        fetch({"source": "url", "url": f"{base}/lb.csv", "sha256": wrong}, out)
+        fetch(ds(source="url", url=f"{base}/lb.csv", sha256=wrong), out)
     msg = str(err.value)
     assert "\n" not in msg and f"{base}/lb.csv" in msg and wrong in msg and sha(root / "lb.csv") in msg
     assert not out.exists()
     # an earlier good fetch stays byte-for-byte as it was
-    fetch({"source": "bundled"}, out)
+    fetch(ds(source="bundled"), out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with pytest.raises(UserError):
-        fetch({"source": "url", "url": f"{base}/lb.csv", "sha256": wrong}, out)
+        fetch(ds(source="url", url=f"{base}/lb.csv", sha256=wrong), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-def test_url_unreachable_and_bad_scheme(tmp_path, http_dir):
+def test_url_unreachable(tmp_path, http_dir):
     _, base = http_dir
     with pytest.raises(UserError, match="cannot download"):
-        fetch({"source": "url", "url": f"{base}/missing.csv", "sha256": "a" * 64}, tmp_path / "r")
-    with pytest.raises(UserError, match="http"):
-        fetch({"source": "url", "url": "file:///etc/passwd", "sha256": "a" * 64}, tmp_path / "r")
+        fetch(ds(source="url", url=f"{base}/missing.csv", sha256="a" * 64), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_url_honours_timeout_s(tmp_path):
+    # a listening socket that never answers: only dataset.timeout_s ends the wait
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        url = f"http://127.0.0.1:{srv.getsockname()[1]}/x.csv"
+        start = time.monotonic()
+        with pytest.raises(UserError, match="cannot download.*timed out"):
+            fetch(ds(source="url", url=url, sha256="a" * 64, timeout_s=0.5), tmp_path / "r")
+        assert time.monotonic() - start < 5
+    assert ds().timeout_s == 60  # the default a user sees in the schema
 
 
 def test_hf_offline_fails_fast(tmp_path, monkeypatch):
@@ -131,12 +148,10 @@ def test_hf_offline_fails_fast(tmp_path, monkeypatch):
            "hf_revision": REV, "hf_filename": "perf-df-pytorch-cpu-unquantized-32vCPU-C7i.csv"}
     start = time.monotonic()
     with pytest.raises(UserError) as err:
-        fetch(cfg, tmp_path / "ref")
+        fetch(ds(**cfg), tmp_path / "ref")
     assert time.monotonic() - start < 10
     assert "HF_HUB_OFFLINE" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "ref").exists()
-    with pytest.raises(UserError, match="40-hex commit"):
-        fetch({**cfg, "hf_revision": "main"}, tmp_path / "ref")
 
 
 def test_hf_cached_llm_perf_file_is_normalised(tmp_path, monkeypatch):
@@ -156,7 +171,7 @@ def test_hf_cached_llm_perf_file_is_normalised(tmp_path, monkeypatch):
     monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
     cfg = {"source": "hf", "hf_repo": "optimum-benchmark/llm-perf-leaderboard",
            "hf_revision": REV, "hf_filename": name}
-    info = fetch(cfg, tmp_path / "ref")
+    info = fetch(ds(**cfg), tmp_path / "ref")
     df = load_reference(tmp_path / "ref")
     assert info["source"]["revision"] == REV and info["rows"] == 2
     assert df["decode_tps"].tolist() == [100.0, 125.0] and df["dtype"].tolist() == ["float32", "bfloat16"]
@@ -164,11 +179,11 @@ def test_hf_cached_llm_perf_file_is_normalised(tmp_path, monkeypatch):
     assert df["memory_mb"].tolist() == [600.0, 400.0] and (df["protocol"] == "llm-perf-leaderboard").all()
     assert df["extra_config.scenario.input_shapes.batch_size"].tolist() == [1, 1]
     with pytest.raises(UserError, match="sha256 mismatch"):  # an optional pin is enforced too
-        fetch({**cfg, "sha256": "b" * 64}, tmp_path / "ref2")
+        fetch(ds(**cfg, sha256="b" * 64), tmp_path / "ref2")
 
 
 def test_load_reference_detects_hand_edits(tmp_path):
-    fetch({"source": "bundled"}, tmp_path)
+    fetch(ds(source="bundled"), tmp_path)
     with open(tmp_path / "reference.csv", "a") as fh:
         fh.write("x\n")
     with pytest.raises(UserError, match="sha256 differs"):
@@ -177,9 +192,20 @@ def test_load_reference_detects_hand_edits(tmp_path):
         load_reference(tmp_path / "nowhere")
 
 
-def test_unknown_source_and_missing_pin(tmp_path):
-    with pytest.raises(UserError, match="unknown source"):
-        fetch({"source": "ftp"}, tmp_path / "r")
-    with pytest.raises(UserError, match="sha256"):
-        fetch({"source": "url", "url": "http://127.0.0.1:9/x.csv"}, tmp_path / "r")
-    assert not (tmp_path / "r").exists() and os.listdir(tmp_path) == []
+@pytest.mark.parametrize("keys,expected", [
+    ({"source": "ftp"}, "dataset.source: "),
+    ({"source": "url", "url": "http://127.0.0.1:9/x.csv"}, "dataset: source 'url' needs dataset.url and dataset.sha256"),
+    ({"source": "url", "url": "file:///etc/passwd", "sha256": "a" * 64}, "dataset.url: "),
+    ({"source": "url", "url": "http://x/y.csv", "sha256": "abc"}, "dataset.sha256: "),
+    ({"source": "hf", "hf_repo": "o/r", "hf_revision": "main", "hf_filename": "f.csv"}, "dataset.hf_revision: "),
+    ({"source": "url", "url": "http://x/y.csv", "sha256": "a" * 64, "timeout_s": 0}, "dataset.timeout_s: "),
+])
+def test_bad_dataset_keys_are_one_line_errors_at_load(keys, expected, tmp_path):
+    # checked once, by the schema, before any stage runs: fetch never sees a bad section
+    with pytest.raises(UserError) as err:
+        ds(**keys)
+    assert str(err.value).startswith("params.yaml: " + expected) and "\n" not in str(err.value)
+
+
+def test_sha256_pin_is_normalised():
+    assert ds(source="url", url="http://x/y.csv", sha256=" " + "A" * 64 + " ").sha256 == "a" * 64

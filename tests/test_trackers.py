@@ -9,6 +9,7 @@ import torch
 from transformers import (AutoModelForCausalLM, FalconConfig, Gemma3TextConfig, GPT2Config, GPTNeoConfig,
                           LlamaConfig, LogitsProcessor, LogitsProcessorList)
 
+from llmbench.spec import MEMORY, SAMPLED
 from llmbench.trackers import (Latency, LatencyTracker, MemoryTracker, RssSampler, kv_cache_bytes, kv_dims,
                                rss_bytes, streamed_weight_bytes, weight_bytes)
 
@@ -68,6 +69,7 @@ def test_latency_tracker_times_every_token_of_generate():
         assert lat.ttft_s + sum(lat.itl_s) == pytest.approx(lat.e2e_s)
         assert lat.decode_tps == pytest.approx(2 * (n_out - 1) / (lat.e2e_s - lat.ttft_s))
     stats = tracker.stats()
+    assert set(stats) == set(SAMPLED)
     assert stats["ttft_s"]["n"] == 2 and stats["itl_s"]["n"] == 2 * (n_out - 1)
 
 
@@ -122,7 +124,7 @@ def test_memory_tracker_reports_the_buffer_in_mib():
         res = mem.result(weight_bytes=3 * MIB, kv_cache_bytes=MIB)
     assert res.rss_peak_mib - res.rss_baseline_mib >= 0.9 * 300
     assert (res.weights_mib, res.kv_cache_mib, res.cuda_max_allocated_mib) == (3.0, 1.0, None)
-    assert set(res.to_dict()) == {"rss_baseline_mib", "rss_peak_mib", "weights_mib", "kv_cache_mib",
+    assert set(res.model_dump()) == set(MEMORY) == {"rss_baseline_mib", "rss_peak_mib", "weights_mib", "kv_cache_mib",
                                   "cuda_max_allocated_mib", "cuda_max_reserved_mib"}
 
 

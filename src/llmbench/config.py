@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from llmbench.errors import UserError
 
@@ -22,7 +22,6 @@ class _Strict(BaseModel):
 
 
 class _Model(_Strict):
-    reference_id: str | None = None  # the HF id the published scores are filed under
     chat: bool = True  # use the tokenizer's chat template when it has one
 
 
@@ -55,13 +54,49 @@ ModelSpec = Annotated[
 
 
 class Paths(_Strict):
+    """Every file and folder the pipeline writes, named once: dvc.yaml spells them `${paths.x}`,
+    code calls the helpers below (which add only the per-model file name)."""
     reference: str = "data/reference"
     prompts: str = "data/prompts/prompts.jsonl"
-    models: str = "data/models"
-    outputs: str = "data/outputs"
-    metrics: str = "metrics"
-    reports: str = "reports"
+    models: str = "data/models"  # <models>/<model>: the prepared folder
+    infer_outputs: str = "data/outputs/infer"  # <dir>/<model>.jsonl: generated texts
+    evaluate_outputs: str = "data/outputs/evaluate"  # <dir>/<model>.jsonl: scored samples
+    profile: str = "metrics/profile"  # <dir>/<model>.json: ProfileResult
+    infer: str = "metrics/infer"  # <dir>/<model>.json: InferResult
+    evaluate: str = "metrics/evaluate"  # <dir>/<model>.json: EvaluateResult
+    summary: str = "metrics/summary.json"  # Summary
+    reports: str = "reports"  # report.md and plots/
     logs: str = "logs"
+
+    def prepared(self, model: str) -> Path:
+        return Path(self.models) / model
+
+    def profile_json(self, model: str) -> Path:
+        return Path(self.profile) / f"{model}.json"
+
+    def infer_json(self, model: str) -> Path:
+        return Path(self.infer) / f"{model}.json"
+
+    def evaluate_json(self, model: str) -> Path:
+        return Path(self.evaluate) / f"{model}.json"
+
+    def infer_jsonl(self, model: str) -> Path:
+        return Path(self.infer_outputs) / f"{model}.jsonl"
+
+    def evaluate_jsonl(self, model: str) -> Path:
+        return Path(self.evaluate_outputs) / f"{model}.jsonl"
+
+    @property
+    def summary_json(self) -> Path:
+        return Path(self.summary)
+
+    @property
+    def report_md(self) -> Path:
+        return Path(self.reports) / "report.md"
+
+    @property
+    def plots_dir(self) -> Path:
+        return Path(self.reports) / "plots"
 
 
 class Tracking(_Strict):
@@ -69,13 +104,25 @@ class Tracking(_Strict):
     experiment: str = "llmbench"
 
 
+# a pasted sha256 may carry case or spaces; compare it normalised
+Sha256 = Annotated[str, BeforeValidator(lambda v: v.strip().lower() if isinstance(v, str) else v),
+                   StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Commit = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")]
+HttpUrl = Annotated[str, StringConstraints(pattern=r"^https?://")]
+
+
 class Dataset(_Strict):
     source: Literal["bundled", "url", "hf"] = "bundled"
-    url: str | None = None
-    sha256: str | None = None
+    url: HttpUrl | None = None
+    sha256: Sha256 | None = None  # required for url; checked for hf when given
+    timeout_s: float = Field(60.0, gt=0)  # the url download's socket timeout
     hf_repo: str | None = None
-    hf_revision: str | None = None
+    # a 40-hex commit, so reruns read the same file (a branch name would move)
+    hf_revision: Commit | None = None
     hf_filename: str | None = None
+    # the protocol label of rows whose table has no protocol column (null: unspecified, or
+    # llm-perf-leaderboard for a table of perf columns)
+    protocol: str | None = None
 
     @model_validator(mode="after")
     def _needs(self) -> "Dataset":
@@ -100,22 +147,106 @@ class Infer(_Strict):
     threads: int | None = Field(None, ge=1)
 
 
+PosInt = Annotated[int, Field(ge=1)]
+DType = Literal["float32", "bfloat16", "float16"]
+Attention = Literal["eager", "sdpa"]
+Device = Annotated[str, StringConstraints(pattern=r"^(cpu|cuda(:[0-9]+)?)$")]  # cpu | cuda | cuda:N
+
+
+class GridOverrides(_Strict):
+    """The grid keys a large model may shrink (profile.large_model_overrides); unset keys keep
+    the preset's grid."""
+    batch_sizes: tuple[PosInt, ...] | None = Field(None, min_length=1)
+    input_lens: tuple[PosInt, ...] | None = Field(None, min_length=1)
+    output_len: int | None = Field(None, ge=2)
+    dtypes: tuple[DType, ...] | None = Field(None, min_length=1)
+    attentions: tuple[Attention, ...] | None = Field(None, min_length=1)
+
+
+class ResolvedProfile(_Strict):
+    """profile: after the preset merge: every key set and checked, what the profile engine reads.
+    None is a value here, not "unset": max_iterations None = no cap, threads None = torch's
+    default, large_model_params None = no model is large."""
+    preset: str
+    batch_sizes: tuple[PosInt, ...] = Field(min_length=1)
+    input_lens: tuple[PosInt, ...] = Field(min_length=1)
+    output_len: int = Field(ge=2)  # >= 2: TPOT needs a second token
+    warmup: int = Field(ge=0)
+    min_iterations: PosInt
+    min_duration_s: float = Field(ge=0)
+    max_iterations: PosInt | None
+    dtypes: tuple[DType, ...] = Field(min_length=1)
+    attentions: tuple[Attention, ...] = Field(min_length=1)
+    threads: PosInt | None
+    device: Device
+    bandwidth_mib: int = Field(ge=0)  # 0 skips the memory-bandwidth measurement
+    large_model_params: PosInt | None
+    large_model_overrides: GridOverrides
+
+    @model_validator(mode="after")
+    def _iterations(self) -> "ResolvedProfile":
+        if self.max_iterations is not None and self.max_iterations < self.min_iterations:
+            raise ValueError(f"max_iterations: {self.max_iterations} is below min_iterations "
+                             f"{self.min_iterations}")
+        return self
+
+    def for_model(self, n_params: int | None) -> tuple["ResolvedProfile", bool]:
+        """The grid for a model of n_params parameters, and whether large_model_overrides applied
+        (a 1B random model's full CPU sweep would take many minutes)."""
+        big = self.large_model_params is not None and n_params is not None \
+            and n_params > self.large_model_params
+        if not big:
+            return self, False
+        return self.model_copy(update=self.large_model_overrides.model_dump(exclude_none=True)), True
+
+
+# Each preset sets every ResolvedProfile key but `preset`; explicit profile: keys override it.
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu-small": {
+        "batch_sizes": [1, 4], "input_lens": [32], "output_len": 16,
+        "warmup": 1, "min_iterations": 3, "min_duration_s": 1.0, "max_iterations": 200,
+        "dtypes": ["float32", "bfloat16"], "attentions": ["sdpa", "eager"],
+        "threads": None, "device": "cpu", "bandwidth_mib": 256,
+        "large_model_params": 500_000_000,
+        "large_model_overrides": {"batch_sizes": [1], "attentions": ["sdpa"]},
+    },
+    "llm-perf": {  # HF llm-perf leaderboard's scenario
+        "batch_sizes": [1], "input_lens": [256], "output_len": 64,
+        "warmup": 10, "min_iterations": 10, "min_duration_s": 10.0, "max_iterations": None,
+        "dtypes": ["float32", "bfloat16"], "attentions": ["sdpa", "eager"],
+        "threads": None, "device": "cpu", "bandwidth_mib": 256,
+        "large_model_params": None, "large_model_overrides": {},
+    },
+}
+
+
 class Profile(_Strict):
+    """params.yaml profile: as written: a preset plus the keys that override it (None = the
+    preset's value). Code reads resolved(), never these fields."""
     preset: Literal["cpu-small", "llm-perf"] = "cpu-small"
-    # Each None falls back to the preset; see llmbench.profiling.PRESETS.
-    batch_sizes: tuple[int, ...] | None = None
-    input_lens: tuple[int, ...] | None = None
+    batch_sizes: tuple[PosInt, ...] | None = Field(None, min_length=1)
+    input_lens: tuple[PosInt, ...] | None = Field(None, min_length=1)
     output_len: int | None = Field(None, ge=2)
     warmup: int | None = Field(None, ge=0)
     min_iterations: int | None = Field(None, ge=1)
     min_duration_s: float | None = Field(None, ge=0)
     max_iterations: int | None = Field(None, ge=1)
-    dtypes: tuple[Literal["float32", "bfloat16", "float16"], ...] | None = None
-    attentions: tuple[Literal["eager", "sdpa"], ...] | None = None
+    dtypes: tuple[DType, ...] | None = Field(None, min_length=1)
+    attentions: tuple[Attention, ...] | None = Field(None, min_length=1)
     threads: int | None = Field(None, ge=1)
-    device: Literal["cpu", "cuda"] | None = None
-    bandwidth_mib: int | None = Field(None, ge=0)  # 0 skips the memory-bandwidth measurement
-    large_model_params: int | None = None  # above this, the preset's reduced grid applies
+    device: Device | None = None
+    bandwidth_mib: int | None = Field(None, ge=0)
+    large_model_params: int | None = Field(None, ge=1)
+    large_model_overrides: GridOverrides | None = None
+
+    def resolved(self) -> ResolvedProfile:
+        """The preset overridden by every key set here. Raises UserError "profile.<key>: ..."
+        (Params validation calls it, so a loaded Params always resolves)."""
+        given = self.model_dump(exclude_none=True, exclude={"preset"})
+        try:
+            return ResolvedProfile.model_validate({**PRESETS[self.preset], **given, "preset": self.preset})
+        except ValidationError as exc:
+            raise UserError(f"profile.{_one_line(exc.errors()[0])}") from None
 
 
 class Evaluate(_Strict):
@@ -138,14 +269,22 @@ class Budget(_Strict):
     max_usd_per_mtok: float | None = None
 
 
+V1_PROTOCOL = "open-llm-leaderboard-v1"
+
+
 class Report(_Strict):
+    # the quality column: a live task name, 'live:<task>' or 'reference:<benchmark|average>'
     quality: str = "llmbench_smoke"
+    latency: Literal["ttft_s", "tpot_s", "e2e_s"] = "tpot_s"  # the Pareto front's latency (p50)
+    # a reference score ranks only under this protocol (null: any protocol)
+    reference_protocol: str | None = V1_PROTOCOL
     mix_fingerprints: bool = False
 
 
 class Gate(_Strict):
-    threshold: float = Field(0.10, gt=0)
-    confidence: float = Field(0.95, gt=0, lt=1)
+    """The CI regression gate's defaults (`python -m llmbench.gate` flags override them)."""
+    threshold: float = Field(0.10, gt=0)  # a relative slowdown above this fails
+    confidence: float = Field(0.95, gt=0, lt=1)  # of the bootstrap interval
 
 
 class Params(_Strict):
@@ -154,6 +293,9 @@ class Params(_Strict):
     # extra `dvc exp run -S key=value` overrides for CI's runs (e.g. more iterations for the gate)
     ci_overrides: dict[str, int | float | str] = {}
     models: dict[str, ModelSpec]
+    # model name -> the id its published scores are filed under in the reference table; only
+    # the aggregate reads it, so fixing one reruns nothing that measures
+    references: dict[str, str] = {}
     paths: Paths = Paths()
     tracking: Tracking = Tracking()
     network: bool = False  # False sets HF_HUB_OFFLINE & co, so hub ids fail in seconds
@@ -174,13 +316,18 @@ class Params(_Strict):
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name):
                 raise ValueError(f"models.{name}: model names may use letters, digits, '-' and '_' "
                                  "only (a '.' would split the DVC params key)")
-        for key in ("roster", "ci_roster"):
-            for name in getattr(self, key):
+        for key, names in (("roster", self.roster), ("ci_roster", self.ci_roster),
+                           ("references", self.references)):
+            for name in names:
                 if name not in self.models:
                     raise ValueError(f"{key}: model '{name}' is not defined under models "
                                      f"(defined: {', '.join(self.models)})")
         if not self.roster:
             raise ValueError("roster: empty; list at least one model name")
+        try:
+            self.profile.resolved()  # preset + overrides checked here, once, at load
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 

@@ -1,12 +1,7 @@
 """Pure statistics for benchmark results: no torch, no I/O.
 
-Vocabulary (DESIGN.md §3, used everywhere):
-  ttft_s      call -> first generated token (prefill + first decode step)
-  itl_s       gaps between consecutive generated tokens after the first
-  e2e_s       call -> last generated token
-  tpot_s      (e2e - ttft) / (n_out - 1)
-  decode_tps  batch * (n_out - 1) / (e2e - ttft)
-  prefill_tps batch * n_in / ttft
+The vocabulary (ttft_s, tpot_s, itl_s, e2e_s, decode_tps, prefill_tps, ...) is defined once,
+in llmbench.spec.METRICS.
 """
 
 from __future__ import annotations
@@ -16,11 +11,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from llmbench.spec import STATS
+
 PERCENTILES = (50, 90, 95, 99)
-STAT_KEYS = ("p50", "p90", "p95", "p99", "mean", "std", "cv", "n", "values")
+STAT_KEYS = (*STATS, "n", "values")  # the fields of results.Stats
 
 
-def summarize(values: Iterable[float]) -> dict:
+def describe_samples(values: Iterable[float]) -> dict:
     """Stats dict {p50, p90, p95, p99, mean, std, cv, n, values} of raw measurements.
 
     Percentiles use numpy's default (linear interpolation). std is the population std
@@ -31,7 +28,7 @@ def summarize(values: Iterable[float]) -> dict:
         return {**{k: None for k in STAT_KEYS}, "n": 0, "values": []}
     arr = np.asarray(raw, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"summarize: non-finite value in {raw}")
+        raise ValueError(f"describe_samples: non-finite value in {raw}")
     mean = float(arr.mean())
     std = float(arr.std())
     stats = {f"p{p}": float(v) for p, v in zip(PERCENTILES, np.percentile(arr, PERCENTILES))}

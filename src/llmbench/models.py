@@ -9,11 +9,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel, ConfigDict
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast
 
 from llmbench.config import GgufPackageModel, HubModel, LocalModel, ModelSpec, RandomModel
@@ -23,20 +23,18 @@ MANIFEST = "llmbench_model.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass(frozen=True)
-class ModelInfo:
+class ModelInfo(BaseModel):
+    """What was loaded (model_dump() gives the dict)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     name: str
     source: str
     weights: str  # "pretrained" | "random"
-    params: int  # tied embeddings counted once
+    n_params: int  # tied embeddings counted once
     weight_bytes: int
     dtype: str
     architecture: str
-    reference_id: str | None
     tokenizer: str  # where the tokenizer came from; "stand-in" ones are only shape-faithful
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def bundled_config(name: str) -> dict:
@@ -89,9 +87,9 @@ def _count_params(model: torch.nn.Module) -> tuple[int, int]:
     return n, nbytes
 
 
-def _write_manifest(out: Path, name: str, spec: ModelSpec, weights: str, tokenizer: str, **extra) -> None:
+def _write_manifest(out: Path, name: str, spec: ModelSpec, weights: str, tokenizer: str) -> None:
     manifest = {"name": name, "source": spec.source, "weights": weights, "tokenizer": tokenizer,
-                "reference_id": spec.reference_id, "spec": spec.model_dump(mode="json"), **extra}
+                "spec": spec.model_dump(mode="json")}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -168,15 +166,14 @@ def load(prepared: Path, *, dtype: str = "float32", attn_implementation: str | N
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, **kwargs)
     else:
-        where = Path(man.get("path", prepared))
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(prepared, **kwargs)
     model.eval()
     return model, load_tokenizer(prepared), _info(man, model, dtype)
 
 
 def load_tokenizer(prepared: Path):
-    man = manifest(prepared)
-    tok = AutoTokenizer.from_pretrained(man.get("path", prepared))
+    manifest(prepared)  # a clear error for an unprepared folder, before transformers' own
+    tok = AutoTokenizer.from_pretrained(prepared)
     tok.padding_side = "left"  # decoder-only batched generation pads on the left
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -186,7 +183,7 @@ def load_tokenizer(prepared: Path):
 def describe(prepared: Path, dtype: str = "float32") -> ModelInfo:
     """ModelInfo without loading weights (the model is built on the meta device)."""
     man = manifest(prepared)
-    config = AutoConfig.from_pretrained(man.get("path", prepared))
+    config = AutoConfig.from_pretrained(prepared)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
     return _info(man, model, dtype)
@@ -195,6 +192,5 @@ def describe(prepared: Path, dtype: str = "float32") -> ModelInfo:
 def _info(man: dict, model: torch.nn.Module, dtype: str) -> ModelInfo:
     n, nbytes = _count_params(model)
     arch = model.config.architectures[0] if model.config.architectures else type(model).__name__
-    return ModelInfo(name=man["name"], source=man["source"], weights=man["weights"], params=n,
-                     weight_bytes=nbytes, dtype=dtype, architecture=arch,
-                     reference_id=man.get("reference_id"), tokenizer=man["tokenizer"])
+    return ModelInfo(name=man["name"], source=man["source"], weights=man["weights"], n_params=n,
+                     weight_bytes=nbytes, dtype=dtype, architecture=arch, tokenizer=man["tokenizer"])

@@ -1,5 +1,5 @@
 """The profile engine: latency, memory and roofline of one model over a dtype x attention x
-shape grid. Produces the metrics/profile/<model>.json dict (CONTRACT.md); the stage writes it.
+shape grid. Returns a results.ProfileResult (metrics/profile/<model>.json); the stage writes it.
 
 Protocol (optimum-benchmark's): warmup runs, then measured runs until BOTH min_iterations and
 min_duration_s are met; fixed generation length (greedy, min_new_tokens = max_new_tokens, so
@@ -8,102 +8,24 @@ EOS cannot end a run early).
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 from llmbench import metrics
+from llmbench.config import ResolvedProfile
 from llmbench.errors import UserError
+from llmbench.results import (Deployment, Fingerprint, Headline, ModelFacts, ProfileProtocol, ProfileResult,
+                              ProfileRow, Roofline, Stats)
+from llmbench.spec import MEMORY, SAMPLED
 from llmbench.trackers import (LatencyTracker, MemoryTracker, kv_cache_bytes, streamed_weight_bytes,
                                weight_bytes)
 
 log = logging.getLogger(__name__)
-
-DTYPES = ("float32", "bfloat16", "float16")
-GRID_KEYS = ("batch_sizes", "input_lens", "output_len", "dtypes", "attentions")
-
-# Explicit cfg keys override the preset's. A model above large_model_params gets
-# large_model_overrides on top (a 1B random model's full CPU sweep would take many minutes).
-PRESETS: dict[str, dict] = {
-    "cpu-small": {
-        "batch_sizes": [1, 4], "input_lens": [32], "output_len": 16,
-        "warmup": 1, "min_iterations": 3, "min_duration_s": 1.0, "max_iterations": 200,
-        "dtypes": ["float32", "bfloat16"], "attentions": ["sdpa", "eager"],
-        "threads": None, "device": "cpu", "bandwidth_mib": 256,
-        "large_model_params": 500_000_000,
-        "large_model_overrides": {"batch_sizes": [1], "attentions": ["sdpa"]},
-    },
-    "llm-perf": {  # HF llm-perf leaderboard's scenario
-        "batch_sizes": [1], "input_lens": [256], "output_len": 64,
-        "warmup": 10, "min_iterations": 10, "min_duration_s": 10.0, "max_iterations": None,
-        "dtypes": ["float32", "bfloat16"], "attentions": ["sdpa", "eager"],
-        "threads": None, "device": "cpu", "bandwidth_mib": 256,
-        "large_model_params": None, "large_model_overrides": {},
-    },
-}
-DEFAULT_PRESET = "cpu-small"
-
-
-# ----------------------------------------------------------------------------- config
-def _as_dict(obj) -> dict:
-    if obj is None:
-        return {}
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump()
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    return dict(obj)
-
-
-def resolve_cfg(cfg: Mapping | None) -> dict:
-    """Preset values overridden by the explicit (non-None) keys of cfg, validated."""
-    given = {k: v for k, v in _as_dict(cfg).items() if v is not None}
-    preset = given.pop("preset", DEFAULT_PRESET)
-    if preset not in PRESETS:
-        raise UserError(f"params.yaml: profile.preset: unknown preset {preset!r} (choose from {sorted(PRESETS)})")
-    unknown = sorted(set(given) - set(PRESETS[preset]))
-    if unknown:
-        raise UserError(f"params.yaml: profile.{unknown[0]}: unknown key (known: {sorted(PRESETS[preset])})")
-    out = {**PRESETS[preset], **given, "preset": preset}
-    _validate(out)
-    return out
-
-
-def _validate(c: dict) -> None:
-    def bad(key, msg):
-        raise UserError(f"params.yaml: profile.{key}: {msg}")
-
-    for key in ("batch_sizes", "input_lens"):
-        v = c[key]
-        if not isinstance(v, list | tuple) or not v or not all(isinstance(x, int) and x > 0 for x in v):
-            bad(key, f"must be a non-empty list of positive integers, got {v!r}")
-    for key, lo in (("output_len", 2), ("warmup", 0), ("min_iterations", 1)):
-        if not isinstance(c[key], int) or c[key] < lo:
-            bad(key, f"must be an integer >= {lo}, got {c[key]!r}")
-    if not isinstance(c["min_duration_s"], int | float) or c["min_duration_s"] < 0:
-        bad("min_duration_s", f"must be a number >= 0, got {c['min_duration_s']!r}")
-    mx = c["max_iterations"]
-    if mx is not None and (not isinstance(mx, int) or mx < c["min_iterations"]):
-        bad("max_iterations", f"must be null or an integer >= min_iterations, got {mx!r}")
-    if not c["dtypes"] or any(d not in DTYPES for d in c["dtypes"]):
-        bad("dtypes", f"must be a non-empty list from {list(DTYPES)}, got {c['dtypes']!r}")
-    if not c["attentions"] or not all(isinstance(a, str) for a in c["attentions"]):
-        bad("attentions", f"must be a non-empty list of names (sdpa, eager, ...), got {c['attentions']!r}")
-    if c["threads"] is not None and (not isinstance(c["threads"], int) or c["threads"] < 1):
-        bad("threads", f"must be null or an integer >= 1, got {c['threads']!r}")
-    if not isinstance(c["device"], str) or c["device"].split(":")[0] not in ("cpu", "cuda"):
-        bad("device", f"must be 'cpu' or 'cuda[:N]', got {c['device']!r}")
-    if c["device"].startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            bad("device", "CUDA is not available here (torch.cuda.is_available() is False)")
-    if set(c["large_model_overrides"] or {}) - set(GRID_KEYS):
-        bad("large_model_overrides", f"keys must be among {list(GRID_KEYS)}")
+BACKEND = "transformers"
 
 
 # ----------------------------------------------------------------------------- environment

@@ -12,20 +12,18 @@ import hashlib
 import io
 import json
 import os
-import re
-import urllib.parse
 import urllib.request
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from llmbench.config import V1_PROTOCOL, Dataset
 from llmbench.errors import UserError
 from llmbench.io import write_bytes_atomic
 
-V1_PROTOCOL = "open-llm-leaderboard-v1"
 BENCHMARKS = ("arc", "hellaswag", "mmlu", "truthfulqa", "winogrande", "gsm8k")
 CORE_COLUMNS = ("model_id", "params", *BENCHMARKS, "average", "average_n",
                 "protocol", "protocol_detail", "source", "note")
@@ -57,8 +55,6 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 _BILLIONS = {"#params (b)", "params (b)"}  # these hold params in billions
 _LONG_KEYS = {"model_id", "benchmark", "value"}  # long format: one row per model x benchmark
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 # ---------------------------------------------------------------- normalisation (pure)
@@ -151,22 +147,6 @@ def sha256_bytes(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _get(cfg: Mapping[str, Any] | Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
-
-
-def _pinned_sha(cfg: Any) -> str | None:
-    sha = _get(cfg, "sha256")
-    if sha is None:
-        return None
-    sha = str(sha).strip().lower()
-    if not _SHA256.match(sha):
-        raise UserError(f"params.yaml: dataset.sha256: '{sha}' is not a 64-hex sha256")
-    return sha
-
-
 def _check_sha(blob: bytes, expected: str | None, where: str) -> None:
     got = sha256_bytes(blob)
     if expected is not None and got != expected:
@@ -175,10 +155,8 @@ def _check_sha(blob: bytes, expected: str | None, where: str) -> None:
 
 
 def _download(url: str, timeout_s: float) -> bytes:
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise UserError(f"params.yaml: dataset.url: '{url}' must be an http(s) URL")
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (scheme checked)
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (config checks http(s))
             return resp.read()
     except OSError as exc:  # URLError, HTTPError, timeouts and refused connections are OSErrors
         raise UserError(f"dataset.url: cannot download {url}: {exc}") from None
@@ -188,14 +166,7 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _hf_bytes(cfg: Any) -> tuple[bytes, dict]:
-    repo, rev, name = (_get(cfg, k) for k in ("hf_repo", "hf_revision", "hf_filename"))
-    if not (repo and rev and name):
-        raise UserError("params.yaml: dataset: source 'hf' needs hf_repo, hf_revision and "
-                        "hf_filename")
-    if not _COMMIT.match(str(rev)):
-        raise UserError(f"params.yaml: dataset.hf_revision: '{rev}' is not a 40-hex commit sha "
-                        "(pin the revision so reruns read the same file)")
+def _hf_bytes(repo: str, rev: str, name: str) -> tuple[bytes, dict]:
     from huggingface_hub import hf_hub_download  # heavy import, only for this source
 
     where = f"hf://datasets/{repo}@{rev}/{name}"
@@ -214,33 +185,27 @@ def _hf_bytes(cfg: Any) -> tuple[bytes, dict]:
                                      "filename": name, "url": where}
 
 
-def _source_bytes(cfg: Any) -> tuple[bytes, dict]:
-    kind = _get(cfg, "source", "bundled")
-    if kind == "bundled":
-        blob = resources.files("llmbench").joinpath("data/reference_scores.csv").read_bytes()
-        return blob, {"kind": "bundled", "file": "llmbench/data/reference_scores.csv"}
-    if kind == "url":
-        url, sha = _get(cfg, "url"), _pinned_sha(cfg)
-        if not url or sha is None:
-            raise UserError("params.yaml: dataset: source 'url' needs dataset.url and dataset.sha256")
-        blob = _download(str(url), float(_get(cfg, "timeout_s", 60) or 60))
-        _check_sha(blob, sha, str(url))
-        return blob, {"kind": "url", "url": url}
-    if kind == "hf":
-        blob, meta = _hf_bytes(cfg)
-        _check_sha(blob, _pinned_sha(cfg), meta["url"])
+def _source_bytes(ds: Dataset) -> tuple[bytes, dict]:
+    """The input table's bytes, checked against the pinned sha256 (config validated the keys)."""
+    if ds.source == "url":
+        blob = _download(ds.url, ds.timeout_s)
+        _check_sha(blob, ds.sha256, ds.url)
+        return blob, {"kind": "url", "url": ds.url}
+    if ds.source == "hf":
+        blob, meta = _hf_bytes(ds.hf_repo, ds.hf_revision, ds.hf_filename)
+        _check_sha(blob, ds.sha256, meta["url"])
         return blob, meta
-    raise UserError(f"params.yaml: dataset.source: unknown source '{kind}' "
-                    "(expected one of: bundled, url, hf)")
+    blob = resources.files("llmbench").joinpath("data/reference_scores.csv").read_bytes()
+    return blob, {"kind": "bundled", "file": "llmbench/data/reference_scores.csv"}
 
 
-def fetch(source_cfg: Mapping[str, Any] | Any, out_dir: str | os.PathLike) -> dict:
+def fetch(dataset: Dataset, out_dir: str | os.PathLike) -> dict:
     """Fetch, verify, normalise and write the reference table; returns the written metadata.
     Everything is checked before the first byte is written; a failure leaves out_dir untouched."""
-    blob, meta = _source_bytes(source_cfg)
+    blob, meta = _source_bytes(dataset)
     meta["input_sha256"] = sha256_bytes(blob)
     origin = meta.get("url") or meta.get("file") or meta["kind"]
-    table = normalise(parse_table(blob, origin), _get(source_cfg, "protocol"), origin)
+    table = normalise(parse_table(blob, origin), dataset.protocol, origin)
     if table.empty:
         raise UserError(f"{origin}: the table has no rows; nothing written")
     csv = table.to_csv(index=False, lineterminator="\n").encode()

@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import psutil
 
 from llmbench import metrics
+from llmbench.spec import SAMPLED
 
 
 # ----------------------------------------------------------------------------- latency
@@ -119,38 +120,31 @@ class LatencyTracker:
         self.results.append(Latency.from_values(timer.token_times(), batch_size, n_in))
 
     def stats(self) -> dict:
-        """Stats per metric over the tracked calls; itl_s pools every gap of every call."""
+        """metrics.describe_samples per spec.SAMPLED metric over the tracked calls; itl_s pools
+        every gap of every call; None values (a 1-token output has no tpot) are left out."""
         res = self.results
-        out = {k: metrics.summarize(getattr(r, k) for r in res) for k in ("ttft_s", "e2e_s")}
-        out["itl_s"] = metrics.summarize(g for r in res for g in r.itl_s)
-        for k in ("tpot_s", "decode_tps", "prefill_tps"):
-            out[k] = metrics.summarize(getattr(r, k) for r in res if getattr(r, k) is not None)
+        out = {}
+        for k in SAMPLED:
+            if k == "itl_s":
+                out[k] = metrics.describe_samples(g for r in res for g in r.itl_s)
+            else:
+                out[k] = metrics.describe_samples(getattr(r, k) for r in res if getattr(r, k) is not None)
         return out
 
 
 # ----------------------------------------------------------------------------- memory
-@dataclass(frozen=True)
-class Memory:
-    """Memory of one measured configuration, in MiB (2**20 bytes)."""
+def memory_from_bytes(rss_baseline_bytes=None, rss_peak_bytes=None, weight_bytes=None, kv_cache_bytes=None,
+                      cuda_max_allocated_bytes=None, cuda_max_reserved_bytes=None):
+    """results.Memory (MiB, 2**20 bytes) from byte counts; None stays None."""
+    from llmbench.results import Memory  # lazy: the sampler child imports this module
 
-    rss_baseline_mib: float | None
-    rss_peak_mib: float | None
-    weights_mib: float | None
-    kv_cache_mib: float | None
-    cuda_max_allocated_mib: float | None = None
-    cuda_max_reserved_mib: float | None = None
+    def m(x):
+        return None if x is None else metrics.mib(x)
 
-    @classmethod
-    def from_values(cls, rss_baseline_bytes=None, rss_peak_bytes=None, weight_bytes=None,
-                    kv_cache_bytes=None, cuda_max_allocated_bytes=None, cuda_max_reserved_bytes=None) -> Memory:
-        def m(x):
-            return None if x is None else metrics.mib(x)
-
-        return cls(m(rss_baseline_bytes), m(rss_peak_bytes), m(weight_bytes), m(kv_cache_bytes),
-                   m(cuda_max_allocated_bytes), m(cuda_max_reserved_bytes))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    return Memory(rss_baseline_mib=m(rss_baseline_bytes), rss_peak_mib=m(rss_peak_bytes),
+                  weights_mib=m(weight_bytes), kv_cache_mib=m(kv_cache_bytes),
+                  cuda_max_allocated_mib=m(cuda_max_allocated_bytes),
+                  cuda_max_reserved_mib=m(cuda_max_reserved_bytes))
 
 
 def _sampler_main() -> None:
@@ -327,9 +321,10 @@ class MemoryTracker:
         # a last sample in-process catches a peak that is still live at exit
         self.peak_bytes = max(self.sampler.peak(), rss_bytes())
 
-    def result(self, weight_bytes: int | None = None, kv_cache_bytes: int | None = None) -> Memory:
+    def result(self, weight_bytes: int | None = None, kv_cache_bytes: int | None = None):
+        """results.Memory of the last track()."""
         alloc, reserved = self.cuda_peaks or (None, None)
-        return Memory.from_values(self.baseline_bytes, self.peak_bytes, weight_bytes, kv_cache_bytes, alloc, reserved)
+        return memory_from_bytes(self.baseline_bytes, self.peak_bytes, weight_bytes, kv_cache_bytes, alloc, reserved)
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -1,0 +1,12 @@
+"""env: record what can change a number (llmbench.envinfo). `always_changed` in dvc.yaml; its
+output is cached, so the measuring stages that depend on it rerun only when the content changes."""
+import json
+import sys
+from pathlib import Path
+
+from llmbench.envinfo import collect
+from llmbench.io import write_bytes_atomic
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "data/env.json")
+    write_bytes_atomic(out, (json.dumps(collect(), indent=2, sort_keys=True) + "\n").encode())
