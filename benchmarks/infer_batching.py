@@ -38,7 +38,7 @@ def main() -> None:
     for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both sides
         one.append(tok_per_s(model, tok, prompts, 1, args.max_new_tokens))
         batched.append(tok_per_s(model, tok, prompts, args.batch, args.max_new_tokens))
-    print(f"model {info.name} ({info.weights}, {info.params:,} params, {args.dtype}), {len(prompts)} prompts, "
+    print(f"model {info.name} ({info.weights}, {info.n_params:,} params, {args.dtype}), {len(prompts)} prompts, "
           f"max_new_tokens {args.max_new_tokens}, {args.rounds} rounds")
     print(f"one prompt at a time : {np.median(one):8.1f} generated tok/s  {np.round(one, 1).tolist()}")
     print(f"batch {args.batch:<14d} : {np.median(batched):8.1f} generated tok/s  {np.round(batched, 1).tolist()}")

@@ -24,7 +24,7 @@ import psutil
 import torch
 
 from llmbench import models, profiling
-from llmbench.config import GgufPackageModel
+from llmbench.config import GgufPackageModel, Profile
 from llmbench.trackers import MemoryTracker, TokenTimer
 
 BENCH_DIR = Path(os.environ.get("LLMBENCH_BENCH_DIR", "/tmp/llmbench-bench"))
@@ -67,7 +67,7 @@ def main() -> None:
                                       model.get_input_embeddings().num_embeddings)
     # One measured call per side per step, interleaved: on a shared 2-core box the load changes
     # by the second, so only neighbouring calls are comparable.
-    cfg = profiling.resolve_cfg({"warmup": 0, "min_iterations": 1, "min_duration_s": 0.0, "max_iterations": 1})
+    cfg = Profile(warmup=0, min_iterations=1, min_duration_s=0.0, max_iterations=1).resolved()
     print(f"SmolLM2-135M {a.dtype} batch {a.batch} in {a.n_in} out {a.n_out} threads {a.threads} "
           f"(torch {torch.get_num_threads()}, OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY')}) "
           f"loadavg {os.getloadavg()[0]:.2f}")

@@ -1,36 +1,37 @@
 """aggregate: join reference scores, live accuracy and measurements into the trade-off report."""
-import json
 from pathlib import Path
+from typing import Callable
 
 from llmbench.cli import run_stage
 from llmbench.config import Params
 from llmbench.logs import log_event
 from llmbench.reference import load_reference
 from llmbench.report import build_report, write_report
+from llmbench.results import EvaluateResult, InferResult, ProfileResult, read_result
 from llmbench.tracking import stage_run
 
 
-def _per_model(folder: Path, roster: tuple[str, ...]) -> dict[str, dict]:
+def _per_model(path_of: Callable[[str], Path], roster: tuple[str, ...], model) -> dict:
     # only the roster's files: a removed model's stale file must not reappear in the report
-    return {m: json.loads((folder / f"{m}.json").read_text())
-            for m in roster if (folder / f"{m}.json").exists()}
+    return {m: read_result(path_of(m), model) for m in roster if path_of(m).exists()}
 
 
 def main(params: Params) -> None:
-    metrics = Path(params.paths.metrics)
-    roster = params.roster
-    cfg = params.model_dump(mode="json", include={"cost", "budget", "report"})
+    paths, roster = params.paths, params.roster
+    cfg = params.model_dump(mode="json", include={"cost", "budget", "report", "references"})
     with stage_run("aggregate", None, params, logged_params=cfg) as run:
-        result = build_report(list(roster), _per_model(metrics / "profile", roster),
-                              _per_model(metrics / "infer", roster),
-                              _per_model(metrics / "evaluate", roster),
-                              load_reference(Path(params.paths.reference)), cfg)
-        written = write_report(result, Path(params.paths.reports), metrics / "summary.json")
-        run.log_metrics(result.summary)
-        run.log_table(result.table.reset_index(), "tradeoff_table.json")
+        result = build_report(list(roster), _per_model(paths.profile_json, roster, ProfileResult),
+                              _per_model(paths.infer_json, roster, InferResult),
+                              _per_model(paths.evaluate_json, roster, EvaluateResult),
+                              load_reference(Path(paths.reference)), cost=params.cost,
+                              budget=params.budget, report=params.report, references=params.references)
+        written = write_report(result, Path(paths.reports), paths.summary_json)
+        # MLflow names: <row key>.<field>, the same keys as metrics/summary.json's rows
+        run.log_metrics(result.summary.model_dump(include={"rows", "frontier_size", "n_compared"}))
+        run.log_table(result.table.reset_index(drop=True), "tradeoff_table.json")
         for name, fig in result.figures.items():
             run.log_figure(fig, name)
-        run.log_artifact(Path(params.paths.reports) / "report.md")
+        run.log_artifact(paths.report_md)
         log_event("report written", files=[str(p) for p in written], frontier=result.frontier)
 
 

@@ -1,46 +1,51 @@
 """infer@<model>: batched greedy generation over the prompts; random weights are skipped."""
 import time
-from pathlib import Path
 
 import torch
 
 from llmbench.cli import run_stage
 from llmbench.config import Params
-from llmbench.infer import generate, summarize
-from llmbench.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from llmbench.infer import generate, throughput_summary
+from llmbench.io import read_jsonl, write_jsonl_atomic
 from llmbench.logs import log_event
 from llmbench.models import load, manifest
+from llmbench.results import Deployment, InferResult, write_result
 from llmbench.tracking import stage_run
 
 
 def main(params: Params, name: str) -> None:
     cfg = params.infer
-    prepared = Path(params.paths.models) / name
-    outputs = Path(params.paths.outputs) / "infer" / f"{name}.jsonl"
-    metrics_path = Path(params.paths.metrics) / "infer" / f"{name}.json"
+    prepared = params.paths.prepared(name)
+    outputs, metrics_path = params.paths.infer_jsonl(name), params.paths.infer_json(name)
     weights = manifest(prepared)["weights"]
-    record = {"model": name, "weights": weights, "batch_size": cfg.batch_size,
-              "max_new_tokens": cfg.max_new_tokens, "dtype": cfg.dtype}
+    # attention: the model's default implementation (not chosen here)
+    fixed = {"model": name, "weights": weights, "batch_size": cfg.batch_size,
+             "max_new_tokens": cfg.max_new_tokens,
+             "deployment": Deployment(model=name, backend="transformers", precision=cfg.dtype)}
     with stage_run("infer", name, params, logged_params=cfg.model_dump(mode="json"),
                    weights=weights) as run:
         if weights == "random":
             # text from random weights is noise; these models are profiled, not run on prompts
-            record.update(status="skipped", reason="random weights: outputs would be noise; profiled only")
+            result = InferResult(**fixed, status="skipped",
+                                 reason="random weights: outputs would be noise; profiled only")
             write_jsonl_atomic(outputs, [])
         else:
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
-            prompts = read_jsonl(Path(params.paths.prompts))
-            model, tok, info = load(prepared, dtype=cfg.dtype)
+            prompts = read_jsonl(params.paths.prompts)
+            model, tok, _ = load(prepared, dtype=cfg.dtype)
             t0 = time.perf_counter()
-            results = generate(model, tok, prompts, batch_size=cfg.batch_size,
+            records = generate(model, tok, prompts, batch_size=cfg.batch_size,
                                max_new_tokens=cfg.max_new_tokens, chat=params.models[name].chat)
-            record.update(status="ok", reason=None, **summarize(results, time.perf_counter() - t0))
-            write_jsonl_atomic(outputs, results)
-            run.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float))})
+            result = InferResult(**fixed, status="ok",
+                                 **throughput_summary(records, time.perf_counter() - t0))
+            write_jsonl_atomic(outputs, records)
+            key = result.deployment.key  # MLflow names derive from the deployment key
+            run.log_metrics({f"{key}.gen_tps": result.gen_tps, f"{key}.ttft_s_p50": result.ttft_s.p50,
+                             f"{key}.e2e_s_p50": result.e2e_s.p50})
             run.log_artifact(outputs)
-        write_json_atomic(metrics_path, record)
-        log_event("infer done", status=record["status"], gen_tps=record.get("gen_tps"))
+        write_result(metrics_path, result)
+        log_event("infer done", status=result.status, gen_tps=result.gen_tps)
         run.log_artifact(metrics_path)
 
 

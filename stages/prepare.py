@@ -1,6 +1,4 @@
 """prepare@<model>: materialise the model once (GGUF -> safetensors, hub download, random config)."""
-from pathlib import Path
-
 from llmbench.cli import run_stage
 from llmbench.config import Params
 from llmbench.logs import log_event
@@ -10,7 +8,7 @@ from llmbench.tracking import stage_run
 
 def main(params: Params, name: str) -> None:
     spec = params.models[name]
-    out = Path(params.paths.models) / name
+    out = params.paths.prepared(name)
     with stage_run("prepare", name, params, logged_params=spec.model_dump(mode="json")) as run:
         manifest = prepare(name, spec, out)
         log_event("prepared", path=str(out), weights=manifest["weights"])

@@ -1,41 +1,43 @@
 """profile@<model>: latency and memory over the shape x dtype x attention grid (llmbench.profiling)."""
-from pathlib import Path
-
 from llmbench.cli import run_stage
 from llmbench.config import Params
-from llmbench.io import read_jsonl, write_json_atomic
+from llmbench.io import read_jsonl
 from llmbench.logs import log_event
 from llmbench.models import describe, load, load_tokenizer
 from llmbench.profiling import fingerprint, run_profile
+from llmbench.results import write_result
+from llmbench.spec import METRICS, SAMPLED
 from llmbench.tracking import stage_run
 
 
 def main(params: Params, name: str) -> None:
-    prepared = Path(params.paths.models) / name
-    out = Path(params.paths.metrics) / "profile" / f"{name}.json"
-    cfg = params.profile.model_dump()
+    prepared = params.paths.prepared(name)
+    out = params.paths.profile_json(name)
+    cfg = params.profile.resolved()
     info = describe(prepared)
-    texts = [p["text"] for p in read_jsonl(Path(params.paths.prompts))]
+    texts = [p["text"] for p in read_jsonl(params.paths.prompts)]
 
     def factory(dtype: str, attn: str):
         return load(prepared, dtype=dtype, attn_implementation=attn, seed=params.prompts.seed)[0]
 
-    with stage_run("profile", name, params, fingerprint=fingerprint(params.profile.device or "cpu"),
-                   logged_params={k: v for k, v in cfg.items() if v is not None},
-                   weights=info.weights) as run:
+    with stage_run("profile", name, params, fingerprint=fingerprint(cfg.device).model_dump(),
+                   logged_params=cfg.model_dump(mode="json"), weights=info.weights) as run:
         result = run_profile(factory, load_tokenizer(prepared), info, texts, cfg,
                              progress=lambda msg: log_event(msg))
-        result["model"] = name
-        write_json_atomic(out, result)
-        for step, r in enumerate(result["results"]):
-            if r["status"] == "ok":  # the shape is in the name so runs compare across shapes
-                key = f"{r['dtype']}.{r['attention']}.b{r['batch_size']}.in{r['input_len']}"
-                run.log_metrics({f"{key}.{m}_p50": r[m]["p50"] for m in
-                                 ("ttft_s", "tpot_s", "e2e_s", "decode_tps", "prefill_tps")})
-                run.log_metrics({f"{key}.rss_peak_mib": r["memory"]["rss_peak_mib"]})
-        run.log_metrics({"headline": result.get("headline") or {}})
+        write_result(out, result)
+        run.log_metrics(profile_metrics(result))
         run.log_artifact(out)
-        log_event("profile done", results=len(result["results"]))
+        log_event("profile done", status=result.status, results=len(result.results))
+
+
+def profile_metrics(result) -> dict[str, float]:
+    """MLflow names: <row key>.<metric>_p50 (row key = deployment key + shape, results.row_key)."""
+    out = {}
+    for r in result.results:
+        if r.status == "ok":
+            out.update({f"{r.key}.{METRICS[m].field('p50')}": getattr(r, m).p50 for m in SAMPLED})
+            out[f"{r.key}.rss_peak_mib"] = r.memory.rss_peak_mib
+    return out
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@ import sys
 import pytest
 import yaml
 
-from llmbench.config import load_params, parse_params
+import re
+import typing
+
+from llmbench import spec
+from llmbench.config import PRESETS, Profile, ResolvedProfile, load_params, parse_params
 from llmbench.errors import UserError
 
 
@@ -39,6 +43,15 @@ def _set(d: dict, dotted: str, value):
     ("roster", ["tiny", "ghost"], "params.yaml: roster: model 'ghost' is not defined under models"),
     ("dataset.source", "url", "params.yaml: dataset: source 'url' needs dataset.url and dataset.sha256"),
     ("prompts.variants", ["plain", "poem"], "params.yaml: prompts.variants.1: "),
+    ("references.ghost", "org/ghost", "params.yaml: references: model 'ghost' is not defined under models"),
+    ("profile.max_iterations", 2, "params.yaml: profile.max_iterations: 2 is below min_iterations 3"),
+    ("profile.batch_sizes", [], "params.yaml: profile.batch_sizes: "),
+    ("profile.batch_sizes", [1, 0], "params.yaml: profile.batch_sizes.1: "),
+    ("profile.device", "tpu", "params.yaml: profile.device: "),
+    ("profile.large_model_overrides", {"warmup": 0}, "params.yaml: profile.large_model_overrides.warmup: unknown key"),
+    ("report.latency", "tpot_p50_ms", "params.yaml: report.latency: "),
+    ("gate.confidence", 1.0, "params.yaml: gate.confidence: "),
+    ("dataset.timeout_s", -1, "params.yaml: dataset.timeout_s: "),
 ])
 def test_malformed_params_name_the_key(key, value, expected):
     raw = base()
@@ -76,3 +89,62 @@ def test_model_name_with_a_dot_is_refused():
     raw["models"]["tiny-1.1b"] = {"source": "random", "config": "tiny-gpt2"}
     with pytest.raises(UserError, match=r"^params.yaml: models.tiny-1.1b: model names may use letters"):
         parse_params(raw)
+
+
+def test_resolved_profile_is_the_preset_with_overrides():
+    r = Profile().resolved()
+    assert isinstance(r, ResolvedProfile) and r.preset == "cpu-small"
+    assert r.model_dump(exclude={"preset", "large_model_overrides"}) == {
+        k: tuple(v) if isinstance(v, list) else v for k, v in PRESETS["cpu-small"].items()
+        if k != "large_model_overrides"}
+    p = Profile(preset="llm-perf", warmup=2, threads=None).resolved()
+    assert (p.input_lens, p.output_len, p.warmup, p.min_iterations, p.min_duration_s) == ((256,), 64, 2, 10, 10.0)
+    assert p.threads is None and p.max_iterations is None  # None here means "no cap" / "torch default"
+    # every key of ResolvedProfile is either a preset key or `preset`; a preset sets them all
+    for preset in PRESETS.values():
+        assert set(preset) | {"preset"} == set(ResolvedProfile.model_fields)
+    assert Profile(device="cuda:1").resolved().device == "cuda:1"
+    # the preset's own max_iterations (200) vs a raised min_iterations: the merge is checked too
+    with pytest.raises(UserError, match=r"^profile\.max_iterations: 200 is below min_iterations 500$"):
+        Profile(min_iterations=500).resolved()
+
+
+def test_large_model_grid():
+    r = Profile(large_model_params=1000).resolved()
+    small, reduced = r.for_model(1000)
+    assert small is r and not reduced
+    big, reduced = r.for_model(1001)
+    assert reduced and (big.batch_sizes, big.attentions) == ((1,), ("sdpa",))
+    assert (big.input_lens, big.dtypes) == (r.input_lens, r.dtypes)  # keys not overridden stay
+    assert r.for_model(None) == (r, False)  # unknown size: full grid
+    custom = Profile(large_model_params=10, large_model_overrides={"dtypes": ["bfloat16"]}).resolved()
+    assert custom.for_model(11)[0].dtypes == ("bfloat16",) and custom.for_model(11)[0].batch_sizes == (1, 4)
+    assert Profile(preset="llm-perf").resolved().for_model(10**12)[1] is False  # no cap in llm-perf
+
+
+def test_references_and_paths(repo):
+    p = load_params(repo / "params.yaml")
+    assert p.references["smollm2"] == "HuggingFaceTB/SmolLM2-135M"
+    assert all(not hasattr(m, "reference_id") for m in p.models.values())
+    paths = p.paths
+    assert str(paths.profile_json("smollm2")) == f"{paths.profile}/smollm2.json"
+    assert str(paths.infer_json("a")) == f"{paths.infer}/a.json"
+    assert str(paths.evaluate_json("a")) == f"{paths.evaluate}/a.json"
+    assert str(paths.infer_jsonl("a")) == f"{paths.infer_outputs}/a.jsonl"
+    assert str(paths.evaluate_jsonl("a")) == f"{paths.evaluate_outputs}/a.jsonl"
+    assert str(paths.prepared("a")) == f"{paths.models}/a"
+    assert str(paths.report_md) == f"{paths.reports}/report.md" and str(paths.summary_json) == paths.summary
+    # dvc.yaml spells each of them as ${paths.x}, never the folder itself
+    dvc = (repo / "dvc.yaml").read_text()
+    stages = dvc.split("\nplots:")[0]
+    for key in ("profile", "infer", "evaluate", "infer_outputs", "evaluate_outputs", "summary", "models",
+                "prompts", "reference", "reports"):
+        assert "${paths." + key + "}" in stages, key
+        assert not re.search(r"(?<![\w/.])" + re.escape(getattr(paths, key)) + r"(?![\w.])", stages), key
+
+
+def test_report_latency_choices_are_the_spec_latencies():
+    from llmbench.config import Report
+
+    assert typing.get_args(Report.model_fields["latency"].annotation) == spec.LATENCIES
+    assert Report().latency in spec.LATENCIES

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmbench.config import load_params
+from llmbench.results import EvaluateResult, InferResult, ProfileResult, Summary, read_result
+
+# the first test also builds the pipeline fixture (a full `dvc repro`): well past the default
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 BIN = Path(sys.executable).parent
 SMALL = {
     "roster": ["tiny-gpt2", "smollm2"],
@@ -67,34 +72,33 @@ def pipeline(tmp_path_factory, repo):
     return work, env, first
 
 
-@pytest.mark.slow
 def test_every_output_exists_and_is_valid(pipeline):
     work, _, first = pipeline
     assert {"fetch-dataset", "generate-prompts", "prepare@smollm2", "infer@smollm2", "profile@smollm2",
             "evaluate@smollm2", "prepare@tiny-gpt2", "profile@tiny-gpt2", "aggregate"} <= ran(first)
-    prompts = [json.loads(x) for x in (work / "data/prompts/prompts.jsonl").read_text().splitlines()]
+    paths = load_params(work / "params.yaml").paths
+    at = lambda p: work / p  # noqa: E731 - paths are relative to the repo copy
+    prompts = [json.loads(x) for x in at(paths.prompts).read_text().splitlines()]
     assert len(prompts) == 4
-    infer = json.loads((work / "metrics/infer/smollm2.json").read_text())
-    assert infer["status"] == "ok" and infer["generated_tokens"] > 0 and infer["weights"] == "pretrained"
-    outputs = [json.loads(x) for x in (work / "data/outputs/infer/smollm2.jsonl").read_text().splitlines()]
+    infer = read_result(at(paths.infer_json("smollm2")), InferResult)
+    assert infer.status == "ok" and infer.generated_tokens > 0 and infer.weights == "pretrained"
+    outputs = [json.loads(x) for x in at(paths.infer_jsonl("smollm2")).read_text().splitlines()]
     assert [o["prompt_id"] for o in outputs] == [p["id"] for p in prompts]
     assert all(0 < o["n_out"] <= 8 and o["ttft_s"] <= o["e2e_s"] for o in outputs)
-    skipped = json.loads((work / "metrics/infer/tiny-gpt2.json").read_text())
-    assert skipped["status"] == "skipped" and "random" in skipped["reason"]
+    skipped = read_result(at(paths.infer_json("tiny-gpt2")), InferResult)
+    assert skipped.status == "skipped" and "random" in skipped.reason
     for name in ("smollm2", "tiny-gpt2"):
-        prof = json.loads((work / f"metrics/profile/{name}.json").read_text())
-        assert prof["headline"]["decode_tps_p50"] > 0 and prof["headline"]["rss_peak_mib"] > 0
-    ev = json.loads((work / "metrics/evaluate/tiny-gpt2.json").read_text())
-    assert ev["status"] == "skipped"
-    ev = json.loads((work / "metrics/evaluate/smollm2.json").read_text())
-    assert ev["status"] == "ok" and ev["tasks"]["llmbench_smoke"]["n"] == 8
-    summary = json.loads((work / "metrics/summary.json").read_text())
-    assert summary
-    report = (work / "reports/report.md").read_text()
+        head = read_result(at(paths.profile_json(name)), ProfileResult).headline_row()
+        assert head.decode_tps.p50 > 0 and head.memory.rss_peak_mib > 0
+    ev = read_result(at(paths.evaluate_json("tiny-gpt2")), EvaluateResult)
+    assert ev.status == "skipped"
+    ev = read_result(at(paths.evaluate_json("smollm2")), EvaluateResult)
+    assert ev.status == "ok" and ev.tasks["llmbench_smoke"].n == 8
+    assert read_result(at(paths.summary_json), Summary).rows
+    report = at(paths.report_md).read_text()
     assert "smollm2" in report and "tiny-gpt2" in report and "random" in report
 
 
-@pytest.mark.slow
 def test_mlflow_one_run_per_stage_and_model(pipeline):
     work, _, _ = pipeline
     from mlflow.tracking import MlflowClient
@@ -116,14 +120,17 @@ def test_mlflow_one_run_per_stage_and_model(pipeline):
     assert "fingerprint.cpu" in prof.data.tags and prof.data.tags["llmbench.weights"] == "pretrained"
 
 
-@pytest.mark.slow
-def test_second_repro_is_a_noop_and_one_model_change_reruns_only_it(pipeline):
+def test_second_repro_is_a_noop_a_reference_fix_reruns_only_aggregate(pipeline):
     work, env, _ = pipeline
     again = run(["dvc", "repro"], work, env)
     assert ran(again) == set()
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["models"]["tiny-gpt2"]["reference_id"] = "sshleifer/tiny-gpt2-renamed"
+    # a report-only fact: the published-score id lives in `references`, which only aggregate reads
+    params["references"]["tiny-gpt2"] = "sshleifer/tiny-gpt2-renamed"
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    changed = run(["dvc", "repro"], work, env)
-    assert ran(changed) == {"prepare@tiny-gpt2", "infer@tiny-gpt2", "profile@tiny-gpt2",
-                            "evaluate@tiny-gpt2", "aggregate"}
+    assert ran(run(["dvc", "repro"], work, env)) == {"aggregate"}
+    # a measured fact: one model's spec reruns that model's stages (and the report), nothing else
+    params["models"]["tiny-gpt2"]["chat"] = False
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(run(["dvc", "repro"], work, env)) == {
+        "prepare@tiny-gpt2", "infer@tiny-gpt2", "profile@tiny-gpt2", "evaluate@tiny-gpt2", "aggregate"}

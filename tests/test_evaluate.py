@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llmbench.config import parse_params
 from llmbench.errors import UserError
+from llmbench.results import Deployment
 from llmbench.evaluate import (
     SMOKE_DIR,
     SMOKE_TASK,
@@ -27,7 +29,7 @@ from llmbench.evaluate import (
 
 SMOKE_JSONL = SMOKE_DIR / "llmbench_smoke.jsonl"
 CONTRACT_TASK_KEYS = {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "num_fewshot",
-                      "limit", "suite"}
+                      "limit", "suite", "status", "reason"}
 
 
 def _items() -> list[dict]:
@@ -97,8 +99,8 @@ def _bare_lm_eval(model, tok, *, limit, num_fewshot, monkeypatch):
 @pytest.mark.parametrize("num_fewshot", [0, 2])
 def test_agrees_with_bare_simple_evaluate(tiny, monkeypatch, num_fewshot):
     model, tok = tiny
-    summary, records = evaluate_model(model, tok, tasks=[SMOKE_TASK], limit=20,
-                                      num_fewshot=num_fewshot, batch_size=4)
+    scores, records = evaluate_model(model, tok, tasks=[SMOKE_TASK], limit=20,
+                                     num_fewshot=num_fewshot, batch_size=4)
     ref = _bare_lm_eval(model, tok, limit=20, num_fewshot=num_fewshot, monkeypatch=monkeypatch)
 
     ref_samples = sorted(ref["samples"][SMOKE_TASK], key=lambda s: s["doc_id"])
@@ -111,15 +113,17 @@ def test_agrees_with_bare_simple_evaluate(tiny, monkeypatch, num_fewshot):
         assert rec["gold"] == s["target"]
         assert rec["correct"] == bool(s["acc"]) == (rec["chosen"] == rec["gold"])
 
-    got = summary["tasks"][SMOKE_TASK]
+    got = scores[SMOKE_TASK]
     want = ref["results"][SMOKE_TASK]
-    assert set(got) == CONTRACT_TASK_KEYS
-    assert got["acc"] == pytest.approx(want["acc,none"])
-    assert got["acc_norm"] == pytest.approx(want["acc_norm,none"])
-    assert got["acc"] == pytest.approx(sum(r["correct"] for r in records) / 20)
+    assert set(got.model_dump()) == CONTRACT_TASK_KEYS
+    assert (got.status, got.reason) == ("ok", None)
+    assert got.acc == pytest.approx(want["acc,none"])
+    assert got.acc_norm == pytest.approx(want["acc_norm,none"])
+    assert got.acc == pytest.approx(sum(r["correct"] for r in records) / 20)
     want_meta = (20, 20, num_fewshot, "smoke")
-    assert (got["n"], got["limit"], got["num_fewshot"], got["suite"]) == want_meta
-    assert summary["lm_eval_version"] == importlib.metadata.version("lm_eval")
+    assert (got.n, got.limit, got.num_fewshot, got.suite) == want_meta
+    rec = ok_record(Deployment(model="tiny", precision="float32"), "random", scores)
+    assert rec.lm_eval_version == importlib.metadata.version("lm_eval") and rec.tasks == scores
 
 
 def test_loglikelihoods_are_the_models_own(tiny):
@@ -155,10 +159,12 @@ def test_unknown_task_lists_known_ones(tiny):
 
 
 @pytest.mark.parametrize("bad", [{"limit": 0}, {"num_fewshot": -1}, {"batch_size": 0}])
-def test_bad_numbers_are_user_errors(tiny, bad):
-    kwargs = {"limit": 5, "num_fewshot": 0, "batch_size": 1} | bad
-    with pytest.raises(UserError, match=next(iter(bad))):
-        evaluate_model(*tiny, tasks=[SMOKE_TASK], **kwargs)
+def test_bad_numbers_are_user_errors(bad):
+    # checked once, where params are loaded (config.Evaluate), before any stage runs
+    raw = {"roster": ["m"], "models": {"m": {"source": "random", "config": "tiny-gpt2"}}, "evaluate": bad}
+    key = next(iter(bad))
+    with pytest.raises(UserError, match=rf"^params\.yaml: evaluate\.{key}: "):
+        parse_params(raw)
 
 
 def test_standard_tasks_fail_fast_offline(tmp_path):
@@ -232,16 +238,16 @@ def test_local_jsonl_task_via_include_path(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path.parent)  # data_files is relative to the YAML, not the cwd
-    summary, records = evaluate_model(*tiny, tasks=["my_arc_local", SMOKE_TASK], limit=6,
-                                      num_fewshot=0, batch_size=3, include_path=folder)
-    local = summary["tasks"]["my_arc_local"]
-    assert (local["n"], local["suite"]) == (6, "local")
-    assert summary["tasks"][SMOKE_TASK]["suite"] == "smoke"
+    scores, records = evaluate_model(*tiny, tasks=["my_arc_local", SMOKE_TASK], limit=6,
+                                     num_fewshot=0, batch_size=3, include_path=folder)
+    local = scores["my_arc_local"]
+    assert (local.n, local.suite) == (6, "local")
+    assert scores[SMOKE_TASK].suite == "smoke"
     mine = [r for r in records if r["task"] == "my_arc_local"]
     assert [r["id"] for r in mine] == [f"local-{i}" for i in range(6)]
     assert [r["gold"] for r in mine] == [i % 4 for i in range(6)]
     assert all(len(r["loglikelihoods"]) == 4 for r in mine)
-    assert local["acc"] == pytest.approx(sum(r["correct"] for r in mine) / 6)
+    assert local.acc == pytest.approx(sum(r["correct"] for r in mine) / 6)
 
 
 def test_missing_local_data_file_is_a_user_error(tiny, tmp_path):
@@ -253,9 +259,12 @@ def test_missing_local_data_file_is_a_user_error(tiny, tmp_path):
 
 
 def test_records_have_the_contract_shape():
-    ok = ok_record("m", "pretrained", {"lm_eval_version": "x", "tasks": {}})
-    skipped = skipped_record("r", "random", "random weights: chance by construction")
-    keys = {"model", "weights", "status", "reason", "lm_eval_version", "tasks"}
-    assert set(ok) == set(skipped) == keys
-    assert (ok["status"], skipped["status"], skipped["weights"], skipped["tasks"]) == (
-        "ok", "skipped", "random", {})
+    dep = Deployment(model="r", precision="float32")
+    ok = ok_record(dep, "pretrained", {})
+    skipped = skipped_record(dep, "random", "random weights: chance by construction")
+    keys = {"schema_version", "model", "weights", "deployment", "status", "reason", "lm_eval_version", "tasks"}
+    assert set(ok.model_dump()) == set(skipped.model_dump()) == keys
+    assert (ok.status, skipped.status, skipped.weights, skipped.tasks, skipped.model) == (
+        "ok", "skipped", "random", {}, "r")
+    with pytest.raises(ValueError, match="needs a reason"):  # not ok without a reason: refused
+        skipped_record(dep, "random", "")

@@ -3,7 +3,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
-from llmbench.infer import encode, generate, summarize
+from llmbench.infer import encode, generate, throughput_summary
+from llmbench.results import Deployment, InferResult
 from llmbench.models import gpt2_tokenizer
 
 PROMPTS = [{"id": f"p{i}", "variant": "plain", "text": t} for i, t in enumerate(
@@ -29,9 +30,13 @@ def test_batched_equals_one_at_a_time(tiny):
     for r in batched:
         assert r["n_in"] == len(tok(PROMPTS[int(r["prompt_id"][1:])]["text"]).input_ids)
         assert 1 <= r["n_out"] <= 6 and 0 < r["ttft_s"] <= r["e2e_s"]
-    s = summarize(batched, wall_s=2.0)
+    s = throughput_summary(batched, wall_s=2.0)
     assert s["generated_tokens"] == sum(r["n_out"] for r in batched)
     assert s["gen_tps"] == pytest.approx(s["generated_tokens"] / 2.0)
+    assert s["ttft_s"]["values"] == [r["ttft_s"] for r in batched] and s["e2e_s"]["n"] == 4
+    res = InferResult(model="m", weights="pretrained", batch_size=4, max_new_tokens=6, status="ok",
+                      deployment=Deployment(model="m", precision="float32"), **s)  # the file's shape
+    assert res.ttft_s.p50 > 0
 
 
 def test_chat_variant_uses_the_template():

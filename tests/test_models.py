@@ -22,7 +22,7 @@ def spec(**kw):
 def test_random_roster_param_counts(tmp_path, config, count):
     prepare("m", spec(source="random", config=config), tmp_path / "m")
     info = describe(tmp_path / "m")
-    assert info.params == count
+    assert info.n_params == count
     assert info.weights == "random"
     assert info.weight_bytes == 4 * count
 
@@ -31,9 +31,13 @@ def test_random_load_is_seeded_and_shaped(tmp_path):
     prepare("m", spec(source="random", config="tiny-gpt2"), tmp_path / "m")
     m1, tok, info = load(tmp_path / "m", seed=3)
     m2, _, _ = load(tmp_path / "m", seed=3)
-    assert info.params == SEED_COUNTS["tiny-gpt2"]
+    assert info.n_params == SEED_COUNTS["tiny-gpt2"]
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
     assert tok.padding_side == "left" and tok.pad_token is not None
+    # "params" means the config only; published-score ids live in params.references
+    assert set(info.model_dump()) == {"name", "source", "weights", "n_params", "weight_bytes",
+                                      "dtype", "architecture", "tokenizer"}
+    assert "reference_id" not in (tmp_path / "m" / "llmbench_model.json").read_text()
 
 
 def test_gpt2_tokenizer_ids():
@@ -83,6 +87,6 @@ def test_smollm2_gguf_package(tmp_path):
     t0 = time.perf_counter()
     model, tok, info = load(tmp_path / "s")
     assert time.perf_counter() - t0 < 10  # converted once: reloads in seconds
-    assert info.params == 134_515_008 and info.weights == "pretrained"
+    assert info.n_params == 134_515_008 and info.weights == "pretrained"
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
     assert not list((tmp_path / "s").glob("*.gguf"))

@@ -101,7 +101,15 @@ def test_benchmark_workflow_shape():
     assert "make venv" in gate and "make ci-bench" in gate and "git worktree add" in gate
     assert "dvc metrics diff" in gate and 'git fetch --no-tags origin "$ref"' in gate
     assert "python -m llmbench.gate compare" in gate and "--out gate.md" in gate
-    assert any("github-script" in str(s.get("uses")) for s in doc["jobs"]["gate"]["steps"])
+    # the gate's threshold/confidence come from params.yaml, not from flags here
+    assert "--threshold" not in gate and "--confidence" not in gate
+    assert "metrics/profile\"" not in gate  # head's profile folder: paths.profile, the gate's default
+    # one PR comment, upserted by a kept action pinned to a release tag (no hand-written API calls)
+    comment = [s for s in doc["jobs"]["gate"]["steps"] if "sticky-pull-request-comment" in str(s.get("uses"))]
+    assert len(comment) == 1 and re.fullmatch(r"marocchino/sticky-pull-request-comment@v\d+(\.\d+)*",
+                                              comment[0]["uses"])
+    assert comment[0]["with"] == {"header": "llmbench-benchmark-report", "path": "report.md"}
+    assert not any("github-script" in str(s.get("uses")) for s in doc["jobs"]["gate"]["steps"])
     assert "exit 1" in doc["jobs"]["gate"]["steps"][-1]["run"]  # the gate fails the job
 
     matrix = doc["jobs"]["stages"]

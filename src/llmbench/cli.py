@@ -43,3 +43,34 @@ def run_stage(stage: str, main: Callable[..., None], per_model: bool = False) ->
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+
+
+def ci_roster(params: Params) -> tuple[str, ...]:
+    """The models CI benchmarks on every pull request (the roster when ci_roster is empty)."""
+    return params.ci_roster or params.roster
+
+
+def ci_args(params: Params) -> list[str]:
+    """The `dvc exp run` arguments of CI's runs: the CI roster plus ci_overrides."""
+    args = ["-S", "roster=[" + ",".join(ci_roster(params)) + "]"]
+    for key, value in params.ci_overrides.items():
+        args += ["-S", f"{key}={value}"]
+    return args
+
+
+def config_main(argv: list[str] | None = None) -> int:
+    """`python -m llmbench.config ci-roster | ci-args`, for the Makefile and the workflows (so
+    they never respell the CI roster)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        params = load_params(os.environ.get("LLMBENCH_PARAMS", "params.yaml"))
+        if argv == ["ci-roster"]:
+            print("[" + ",".join(ci_roster(params)) + "]")
+        elif argv == ["ci-args"]:
+            print(" ".join(ci_args(params)))
+        else:
+            raise UserError("usage: python -m llmbench.config ci-roster | ci-args")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -246,7 +246,7 @@ class Profile(_Strict):
         try:
             return ResolvedProfile.model_validate({**PRESETS[self.preset], **given, "preset": self.preset})
         except ValidationError as exc:
-            raise UserError(f"profile.{_one_line(exc.errors()[0])}") from None
+            raise UserError(f"profile.{one_line(exc.errors()[0])}") from None
 
 
 class Evaluate(_Strict):
@@ -263,10 +263,11 @@ class Cost(_Strict):
 
 
 class Budget(_Strict):
-    max_ttft_ms: float | None = None
-    max_tpot_ms: float | None = None
-    max_rss_mib: float | None = None
-    max_usd_per_mtok: float | None = None
+    # limits in the unit a person reads (ms, MiB, USD); tradeoff scales the SI table to compare
+    max_ttft_ms: float | None = Field(None, gt=0)
+    max_tpot_ms: float | None = Field(None, gt=0)
+    max_rss_mib: float | None = Field(None, gt=0)
+    max_usd_per_mtok: float | None = Field(None, gt=0)
 
 
 V1_PROTOCOL = "open-llm-leaderboard-v1"
@@ -336,7 +337,7 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in loc if str(p) not in SOURCES)
 
 
-def _one_line(err: dict[str, Any]) -> str:
+def one_line(err: dict[str, Any]) -> str:
     key = _dotted(err["loc"])
     if err["type"] == "union_tag_invalid":
         tag = err["ctx"]["tag"]
@@ -357,7 +358,7 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(f"{origin}: {_one_line(exc.errors()[0])}") from None
+        raise UserError(f"{origin}: {one_line(exc.errors()[0])}") from None
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
@@ -376,24 +377,7 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def ci_args(params: Params) -> list[str]:
-    """The `dvc exp run` arguments of CI's runs: the CI roster plus ci_overrides."""
-    args = ["-S", "roster=[" + ",".join(params.ci_roster or params.roster) + "]"]
-    for key, value in params.ci_overrides.items():
-        args += ["-S", f"{key}={value}"]
-    return args
+if __name__ == "__main__":  # the Makefile and the workflows call `python -m llmbench.config ...`
+    from llmbench.cli import config_main
 
-
-if __name__ == "__main__":  # for the Makefile and the workflows
-    import sys
-
-    try:
-        p = load_params()
-    except UserError as exc:
-        sys.exit(f"error: {exc}")
-    if sys.argv[1:] == ["ci-roster"]:
-        print("[" + ",".join(p.ci_roster or p.roster) + "]")
-    elif sys.argv[1:] == ["ci-args"]:
-        print(" ".join(ci_args(p)))
-    else:
-        sys.exit("usage: python -m llmbench.config ci-roster|ci-args")
+    raise SystemExit(config_main())

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbench.errors import UserError
+from llmbench.results import Deployment, EvaluateResult, TaskScore
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -178,8 +179,8 @@ def _num(x: Any) -> float | None:
     return None
 
 
-def summarize(results: dict, suites: dict[str, str], limit: int | None) -> dict:
-    """lm-eval's results -> {"lm_eval_version", "tasks": {name: {...}}} (the contract's shape)."""
+def task_scores(results: dict, suites: dict[str, str], limit: int | None) -> dict[str, TaskScore]:
+    """lm-eval's results -> {task name: TaskScore} (fractions, not percent)."""
     out = {}
     for name, suite in suites.items():
         r = results["results"][name]
@@ -188,17 +189,16 @@ def summarize(results: dict, suites: dict[str, str], limit: int | None) -> dict:
         n = sum(int(counts[t]["effective"]) for t in leaves if t in counts)
         n_shot = results.get("n-shot", {})
         shots = n_shot.get(name, n_shot.get(leaves[0]))
-        out[name] = {
-            "acc": _num(r.get("acc,none")),
-            "acc_stderr": _num(r.get("acc_stderr,none")),
-            "acc_norm": _num(r.get("acc_norm,none")),
-            "acc_norm_stderr": _num(r.get("acc_norm_stderr,none")),
-            "n": n,
-            "num_fewshot": shots,
-            "limit": limit,
-            "suite": suite,
-        }
-    return {"lm_eval_version": lm_eval_version(), "tasks": out}
+        acc, acc_norm = _num(r.get("acc,none")), _num(r.get("acc_norm,none"))
+        scored = acc is not None or acc_norm is not None
+        out[name] = TaskScore(
+            status="ok" if scored else "failed",
+            reason=None if scored else "lm-eval reported neither acc nor acc_norm for this task",
+            acc=acc, acc_stderr=_num(r.get("acc_stderr,none")),
+            acc_norm=acc_norm, acc_norm_stderr=_num(r.get("acc_norm_stderr,none")),
+            n=n, num_fewshot=shots, limit=limit, suite=suite,
+        )
+    return out
 
 
 def sample_records(results: dict, tasks: dict[str, Any]) -> list[dict]:
@@ -231,14 +231,6 @@ def sample_records(results: dict, tasks: dict[str, Any]) -> list[dict]:
     return records
 
 
-def _check_int(key: str, value: Any, minimum: int, *, none_ok: bool) -> None:
-    if value is None and none_ok:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if none_ok else "")
-        raise UserError(f"params.yaml: evaluate.{key}: must be {allowed}, got {value!r}")
-
-
 def make_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
     """Wrap the already-loaded model; lm-eval takes the model's own device."""
     from lm_eval.models.huggingface import HFLM
@@ -255,17 +247,14 @@ def evaluate_model(
     num_fewshot: int | None,
     batch_size: int,
     include_path: str | os.PathLike | None = None,
-) -> tuple[dict, list[dict]]:
-    """Score `model` on `tasks` with lm-eval. Returns (summary, per-sample records).
+) -> tuple[dict[str, TaskScore], list[dict]]:
+    """Score `model` on `tasks` with lm-eval. Returns ({task: TaskScore}, per-sample records).
 
-    summary = {"lm_eval_version": str, "tasks": {name: {acc, acc_stderr, acc_norm,
-    acc_norm_stderr, n, num_fewshot, limit, suite}}}. num_fewshot=None keeps each task's own
-    default. Raises UserError for bad task names, bad limits or unloadable datasets."""
+    limit / num_fewshot / batch_size come validated from params (config.Evaluate);
+    num_fewshot=None keeps each task's own default. Raises UserError for bad task names or
+    unloadable datasets."""
     from lm_eval import simple_evaluate
 
-    _check_int("limit", limit, 1, none_ok=True)
-    _check_int("num_fewshot", num_fewshot, 0, none_ok=True)
-    _check_int("batch_size", batch_size, 1, none_ok=False)
     tm, objects, suites = load_tasks(list(tasks), include_path)
     results = simple_evaluate(
         model=make_lm(model, tokenizer, batch_size),
@@ -279,22 +268,17 @@ def evaluate_model(
     for obj in objects:
         for t in obj.get_all_tasks() if hasattr(obj, "get_all_tasks") else [obj]:
             leaf_tasks[t.task_name] = t
-    return summarize(results, suites, limit), sample_records(results, leaf_tasks)
+    return task_scores(results, suites, limit), sample_records(results, leaf_tasks)
 
 
-def ok_record(model_name: str, weights: str, summary: dict) -> dict:
+def ok_record(deployment: Deployment, weights: str, tasks: dict[str, TaskScore]) -> EvaluateResult:
     """metrics/evaluate/<model>.json for an evaluated model."""
-    return {"model": model_name, "weights": weights, "status": "ok", "reason": None, **summary}
+    return EvaluateResult(model=deployment.model, weights=weights, deployment=deployment, status="ok",
+                          lm_eval_version=lm_eval_version(), tasks=tasks)
 
 
-def skipped_record(model_name: str, weights: str, reason: str) -> dict:
+def skipped_record(deployment: Deployment, weights: str, reason: str) -> EvaluateResult:
     """metrics/evaluate/<model>.json for a model that is not scored (e.g. random weights,
     whose accuracy is chance by construction)."""
-    return {
-        "model": model_name,
-        "weights": weights,
-        "status": "skipped",
-        "reason": reason,
-        "lm_eval_version": lm_eval_version(),
-        "tasks": {},
-    }
+    return EvaluateResult(model=deployment.model, weights=weights, deployment=deployment, status="skipped",
+                          reason=reason, lm_eval_version=lm_eval_version(), tasks={})

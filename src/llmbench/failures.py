@@ -126,10 +126,10 @@ def stage_outputs(params) -> dict:
     """Per-model stage -> the output file whose presence means that stage succeeded."""
     p = params.paths
     return {
-        "prepare": lambda m: Path(p.models) / m / "llmbench_model.json",
-        "infer": lambda m: Path(p.metrics) / "infer" / f"{m}.json",
-        "profile": lambda m: Path(p.metrics) / "profile" / f"{m}.json",
-        "evaluate": lambda m: Path(p.metrics) / "evaluate" / f"{m}.json",
+        "prepare": lambda m: p.prepared(m) / "llmbench_model.json",
+        "infer": p.infer_json,
+        "profile": p.profile_json,
+        "evaluate": p.evaluate_json,
     }
 
 

@@ -1,10 +1,12 @@
 """Noise-aware benchmark regression gate: head vs base on raw per-iteration samples.
 
-For each (model, config, metric) it bootstraps a confidence interval of the ratio of medians
-head/base and calls a regression only when the WHOLE interval lies beyond the threshold, so
-run-to-run noise does not fail PRs. Profiles are metrics/profile/<model>.json (see CONTRACT.md).
+For each (model, config, metric) it bootstraps a confidence interval (BCa, scipy.stats.bootstrap)
+of the ratio of medians head/base and calls a regression only when the WHOLE interval lies beyond
+the threshold, so run-to-run noise does not fail PRs. Profiles are ProfileResult files
+(llmbench.results; params.yaml paths.profile). Threshold and confidence default to params.yaml
+`gate:`; the flags override them.
 
-    python -m llmbench.gate compare --base BASE/metrics/profile --head metrics/profile
+    python -m llmbench.gate compare --base BASE/metrics/profile [--head metrics/profile]
     python -m llmbench.gate ab --base-dir ../base --head-dir . --cmd "dvc repro -f -s profile@m" \
         --rounds 5
 
@@ -14,25 +16,30 @@ Exit codes: 0 no regression, 1 regression, 2 bad input (one-line error).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
+from scipy import stats
 
+from llmbench import spec
+from llmbench.config import Gate, Paths, one_line, load_params
 from llmbench.errors import UserError
+from llmbench.results import ProfileResult, read_result
 
 # metric -> True when a higher value is worse (times); decode throughput: lower is worse.
-METRICS: dict[str, bool] = {"ttft_s": True, "tpot_s": True, "e2e_s": True, "decode_tps": False}
-KEY_FIELDS = ("dtype", "attention", "batch_size", "input_len", "output_len")
+METRICS: dict[str, bool] = {m: not spec.METRICS[m].higher_is_better for m in spec.GATED}
 SLOWER, FASTER, SAME = "slower", "faster", "no change (within noise)"
 FEW = "too few samples"
+DEFAULTS = Gate()  # the schema's defaults, for callers without a params file
 
-Config = tuple  # values of KEY_FIELDS
+Config = tuple[str, int, int, int]  # (deployment key, batch_size, input_len, output_len)
 Samples = dict[str, dict[Config, dict[str, list[float]]]]  # model -> config -> metric -> values
 
 
@@ -55,36 +62,15 @@ class Row:
 
 
 def load_profile(path: Path) -> dict[Config, dict[str, list[float]]]:
-    """Raw samples of the status-ok entries of one profile file."""
-    try:
-        doc = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read profile JSON ({e.__class__.__name__}: {e})") from e
-    results = doc.get("results") if isinstance(doc, dict) else None
-    if not isinstance(results, list):
-        raise UserError(f"{path}: results: missing (expected a list of profile entries)")
+    """Raw samples of the status-ok rows of one profile file."""
     out: dict[Config, dict[str, list[float]]] = {}
-    for i, entry in enumerate(results):
-        if not isinstance(entry, dict):
-            raise UserError(f"{path}: results[{i}]: expected an object")
-        if entry.get("status") != "ok":
+    for i, row in enumerate(read_result(path, ProfileResult).results):
+        if row.status != "ok":
             continue
-        for k in KEY_FIELDS:
-            if k not in entry:
-                raise UserError(f"{path}: results[{i}].{k}: missing")
-        config = tuple(entry[k] for k in KEY_FIELDS)
+        config = (row.deployment.key, row.batch_size, row.input_len, row.output_len)
         if config in out:
-            raise UserError(f"{path}: results[{i}]: duplicate config {format_config(config)}")
-        metrics = {}
-        for m in METRICS:
-            values = entry[m].get("values") if isinstance(entry.get(m), dict) else None
-            if not isinstance(values, list):
-                raise UserError(f"{path}: results[{i}].{m}.values: missing")
-            try:
-                metrics[m] = [float(v) for v in values]
-            except (TypeError, ValueError) as e:
-                raise UserError(f"{path}: results[{i}].{m}.values: not numbers ({e})") from e
-        out[config] = metrics
+            raise UserError(f"{path}: results.{i}: duplicate config {format_config(config)}")
+        out[config] = {m: list(getattr(row, m).values) for m in METRICS}
     return out
 
 
@@ -112,17 +98,25 @@ def pool(into: Samples, more: Samples) -> Samples:
 # ---------------------------------------------------------------- statistics
 
 
+def _ratio_of_medians(head: np.ndarray, base: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(head, axis=axis) / np.median(base, axis=axis)
+
+
 def bootstrap_ratio(
     base: np.ndarray, head: np.ndarray, *, n_boot: int, confidence: float, seed: int
 ) -> tuple[float, float, float]:
-    """Ratio of medians head/base and its percentile-bootstrap CI (both sides resampled)."""
-    rng = np.random.default_rng(seed)
-    b = base[rng.integers(0, base.size, (n_boot, base.size))]
-    h = head[rng.integers(0, head.size, (n_boot, head.size))]
-    ratios = np.median(h, axis=1) / np.median(b, axis=1)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(ratios, [alpha / 2, 1 - alpha / 2])
-    return float(np.median(head) / np.median(base)), float(low), float(high)
+    """Ratio of medians head/base and its BCa bootstrap CI (each side resampled on its own)."""
+    kwargs = dict(n_resamples=n_boot, confidence_level=confidence, vectorized=True,
+                  paired=False, rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():
+        # BCa's jackknife degenerates when a side's values are all equal (a NaN interval)
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        ci = stats.bootstrap((head, base), _ratio_of_medians, method="BCa", **kwargs).confidence_interval
+        if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+            kwargs["rng"] = np.random.default_rng(seed)
+            ci = stats.bootstrap((head, base), _ratio_of_medians, method="percentile",
+                                 **kwargs).confidence_interval
+    return float(np.median(head) / np.median(base)), float(ci.low), float(ci.high)
 
 
 def verdict(low: float, high: float, *, higher_is_worse: bool, threshold: float) -> str:
@@ -143,17 +137,14 @@ def compare(
     base: Samples,
     head: Samples,
     *,
-    threshold: float = 0.10,
-    confidence: float = 0.95,
+    threshold: float = DEFAULTS.threshold,
+    confidence: float = DEFAULTS.confidence,
     n_boot: int = 2000,
     seed: int = 0,
     min_samples: int = 5,
 ) -> tuple[list[Row], list[str]]:
-    """Rows for every config present on both sides, and notes on what could not be compared."""
-    if not 0 < threshold < 10:
-        raise UserError(f"--threshold: must be in (0, 10), got {threshold}")
-    if not 0 < confidence < 1:
-        raise UserError(f"--confidence: must be in (0, 1), got {confidence}")
+    """Rows for every config present on both sides, and notes on what could not be compared.
+    threshold and confidence are checked by the Gate schema (see settings())."""
     rows: list[Row] = []
     notes: list[str] = []
     for model in sorted(set(base) | set(head)):
@@ -189,16 +180,15 @@ def compare(
 
 
 def format_config(config: Config) -> str:
-    dtype, attention, batch, n_in, n_out = config
-    return f"{dtype} · {attention} · b{batch} · {n_in}→{n_out}"
+    key, batch, n_in, n_out = config
+    return f"{key} · b{batch} · {n_in}→{n_out}"
 
 
 def _fmt_value(metric: str, v: float) -> str:
     if not math.isfinite(v):
         return "–"
-    if metric == "decode_tps":
-        return f"{v:.1f} tok/s"
-    return f"{v * 1e3:.3g} ms" if v < 1 else f"{v:.3g} s"
+    m = spec.METRICS[metric]
+    return f"{m.shown(v):.3g} {m.display_unit}"
 
 
 def render_markdown(rows: list[Row], notes: list[str], *, threshold: float, confidence: float,
@@ -209,7 +199,7 @@ def render_markdown(rows: list[Row], notes: list[str], *, threshold: float, conf
     lines = [
         f"### Benchmark gate: {head}",
         "",
-        f"head/base = ratio of the medians over iterations; CI = {confidence:.0%} bootstrap "
+        f"head/base = ratio of the medians over iterations; CI = {confidence:.0%} BCa bootstrap "
         f"({n_boot} resamples). A metric fails only when its whole CI is more than "
         f"{threshold:.0%} slower (times up, decode_tps down).",
     ]
@@ -271,19 +261,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     cmp_ = sub.add_parser("compare", help="compare two directories of <model>.json profiles")
     cmp_.add_argument("--base", required=True, type=Path, help="base profile directory")
-    cmp_.add_argument("--head", required=True, type=Path, help="head profile directory")
+    cmp_.add_argument("--head", type=Path, help="head profile directory (default: paths.profile)")
     ab = sub.add_parser("ab", help="run a profiling command in two checkouts, ABAB, then compare")
     ab.add_argument("--base-dir", required=True, type=Path, help="base checkout")
     ab.add_argument("--head-dir", required=True, type=Path, help="head checkout")
     ab.add_argument("--cmd", required=True,
                     help="shell command that re-measures (e.g. 'dvc repro -f -s profile@M')")
     ab.add_argument("--rounds", type=int, default=3, help="ABAB rounds (default 3)")
-    ab.add_argument("--profile-subdir", default="metrics/profile",
-                    help="where --cmd writes <model>.json, relative to each checkout")
+    ab.add_argument("--profile-subdir",
+                    help="where --cmd writes <model>.json, relative to each checkout "
+                         "(default: paths.profile)")
     for s in (cmp_, ab):
-        s.add_argument("--threshold", type=float, default=0.10,
-                       help="relative slowdown that fails (default 0.10 = 10%%)")
-        s.add_argument("--confidence", type=float, default=0.95, help="CI level (default 0.95)")
+        s.add_argument("--params", type=Path,
+                       help="params file for the defaults (default: params.yaml when present, "
+                            "else the schema's defaults)")
+        s.add_argument("--threshold", type=float,
+                       help="relative slowdown that fails (default: params gate.threshold)")
+        s.add_argument("--confidence", type=float,
+                       help="CI level (default: params gate.confidence)")
         s.add_argument("--bootstrap", type=int, default=2000, help="resamples (default 2000)")
         s.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
         s.add_argument("--min-samples", type=int, default=5,
@@ -293,20 +288,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings(args: argparse.Namespace) -> tuple[Gate, Paths]:
+    """params.yaml `gate:` (and `paths:`) with the given flags on top, checked by the schema."""
+    if args.params is not None or Path("params.yaml").exists():
+        params = load_params(args.params or "params.yaml")
+        cfg, paths = params.gate, params.paths
+    else:  # e.g. run outside a checkout: the same defaults a fresh params.yaml has
+        cfg, paths = Gate(), Paths()
+    flags = {k: v for k, v in (("threshold", args.threshold), ("confidence", args.confidence))
+             if v is not None}
+    try:
+        return Gate.model_validate({**cfg.model_dump(), **flags}), paths
+    except ValidationError as exc:
+        raise UserError(f"--{one_line(exc.errors()[0])}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        cfg, paths = settings(args)
         if args.bootstrap < 100:
             raise UserError(f"--bootstrap: must be >= 100, got {args.bootstrap}")
         if args.command == "compare":
-            base, head = load_dir(args.base), load_dir(args.head)
+            base, head = load_dir(args.base), load_dir(args.head or paths.profile)
         else:
             base, head = run_ab(args.base_dir, args.head_dir, args.cmd, args.rounds,
-                                args.profile_subdir)
-        rows, notes = compare(base, head, threshold=args.threshold, confidence=args.confidence,
+                                args.profile_subdir or paths.profile)
+        rows, notes = compare(base, head, threshold=cfg.threshold, confidence=cfg.confidence,
                               n_boot=args.bootstrap, seed=args.seed, min_samples=args.min_samples)
-        report = render_markdown(rows, notes, threshold=args.threshold,
-                                 confidence=args.confidence, n_boot=args.bootstrap)
+        report = render_markdown(rows, notes, threshold=cfg.threshold,
+                                 confidence=cfg.confidence, n_boot=args.bootstrap)
         try:
             args.out.write_text(report)
         except OSError as e:

@@ -5,7 +5,7 @@ import torch
 from tqdm import tqdm
 
 from llmbench.io import sha256_text
-from llmbench.metrics import summarize as stats
+from llmbench.metrics import describe_samples
 from llmbench.trackers import TokenTimer
 
 
@@ -53,9 +53,11 @@ def generate(model, tok, prompts: list[dict], *, batch_size: int, max_new_tokens
     return [out[i] for i in range(len(prompts))]
 
 
-def summarize(results: list[dict], wall_s: float) -> dict:
-    n_out = sum(r["n_out"] for r in results)
-    return {"n_prompts": len(results), "generated_tokens": n_out, "wall_s": wall_s,
+def throughput_summary(records: list[dict], wall_s: float) -> dict:
+    """The InferResult numbers of one run: totals, gen_tps over the wall time, per-request
+    ttft_s / e2e_s distributions (seconds)."""
+    n_out = sum(r["n_out"] for r in records)
+    return {"n_prompts": len(records), "generated_tokens": n_out, "wall_s": wall_s,
             "gen_tps": n_out / wall_s if wall_s > 0 else None,
-            "ttft_p50_s": stats([r["ttft_s"] for r in results])["p50"],
-            "e2e_p50_s": stats([r["e2e_s"] for r in results])["p50"]}
+            "ttft_s": describe_samples(r["ttft_s"] for r in records),
+            "e2e_s": describe_samples(r["e2e_s"] for r in records)}

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from llmbench.errors import UserError
 
@@ -30,28 +30,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return _atomic(path, lambda fh: fh.write(data), binary=True)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    return _atomic(path, lambda fh: fh.write(text))
-
-
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    return _atomic(path, lambda fh: fh.write(json.dumps(obj, indent=2, sort_keys=False) + "\n"))
-
-
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> Path:
     def write(fh):
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return _atomic(path, write)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: not found (has its stage run? try `dvc repro`)") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
 
 
 def read_jsonl(path: Path) -> list[dict]:

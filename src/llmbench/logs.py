@@ -1,4 +1,5 @@
-"""JSON-lines logging, set up once per stage process: to stderr and logs/<stage>[@<model>].jsonl."""
+"""JSON-lines logging, set up once per stage process: to stderr and logs/<stage>[@<model>].jsonl.
+Every line is redacted (llmbench.redact): a URL with credentials or a token never reaches a log."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ import logging
 import sys
 import time
 from pathlib import Path
+
+from llmbench.redact import RedactFilter, redact, redact_obj
 
 LOGGER = "llmbench"
 
@@ -20,7 +23,10 @@ class JsonLines(logging.Formatter):
                + f".{int(record.msecs):03d}Z", "level": record.levelname.lower(),
                "stage": self.stage, "model": self.model, "event": record.getMessage()}
         row.update(getattr(record, "fields", {}))
-        return json.dumps(row, default=str)
+        if record.exc_info:
+            row["error"] = self.formatException(record.exc_info)
+        # redact the values before encoding: an escaped secret would no longer match
+        return json.dumps(redact_obj(row), default=redact)
 
 
 def setup_logging(stage: str, model: str | None, logs_dir: Path) -> logging.Logger:
@@ -35,7 +41,19 @@ def setup_logging(stage: str, model: str | None, logs_dir: Path) -> logging.Logg
                     logging.FileHandler(Path(logs_dir) / f"{name}.jsonl", mode="w")):
         handler.setFormatter(fmt)
         logger.addHandler(handler)
+    redact_library_logs()
     return logger
+
+
+def redact_library_logs(names: tuple[str, ...] = ("mlflow", "alembic", "urllib3", "")) -> None:
+    """Libraries print to stderr through their own handlers (MLflow's on the `mlflow` logger, the
+    root logger's lastResort): redact those lines too. Idempotent."""
+    handlers = [h for n in names for h in logging.getLogger(n).handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    for handler in handlers:
+        if not any(isinstance(f, RedactFilter) for f in handler.filters):
+            handler.addFilter(RedactFilter())
 
 
 def log_event(event: str, **fields) -> None:

@@ -40,25 +40,20 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def fingerprint(device: str = "cpu", dtype: str | None = None, attention: str | None = None) -> dict:
-    """Where the numbers were measured. dtype/attention are added when given (per result)."""
+def fingerprint(device: str = "cpu") -> Fingerprint:
+    """Where the numbers were measured (precision and attention are in each row's Deployment)."""
     import psutil
     import torch
     import transformers
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    fp = {
-        "cpu": _cpu_name(), "cores": cores, "torch_threads": torch.get_num_threads(),
-        "ram_gib": round(psutil.virtual_memory().total / 2**30, 2), "os": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
-    }
-    if dtype is not None:
-        fp["dtype"] = dtype
-    if attention is not None:
-        fp["attention"] = attention
-    return fp
+    return Fingerprint(
+        cpu=_cpu_name(), cores=cores, torch_threads=torch.get_num_threads(),
+        ram_gib=round(psutil.virtual_memory().total / 2**30, 2), os=platform.platform(),
+        python=platform.python_version(), torch=torch.__version__,
+        transformers=transformers.__version__,
+        device=torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+    )
 
 
 def measure_copy_bandwidth(size_mib: int = 256, repeats: int = 5, device: str = "cpu") -> float:
@@ -113,16 +108,14 @@ def _is_unsupported(exc: BaseException) -> bool:
     return isinstance(exc, ImportError | NotImplementedError) or "not implemented" in text or "not supported" in text
 
 
-def _empty_result(dtype, attention, batch, n_in, n_out, status, reason) -> dict:
-    empty = metrics.summarize([])
-    return {
-        "dtype": dtype, "attention": attention, "batch_size": batch, "input_len": n_in,
-        "output_len": n_out, "status": status, "reason": reason, "iterations": 0,
-        **{k: dict(empty) for k in ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps", "prefill_tps")},
-        "memory": {k: None for k in ("rss_baseline_mib", "rss_peak_mib", "weights_mib", "kv_cache_mib",
-                                     "cuda_max_allocated_mib", "cuda_max_reserved_mib")},
-        "roofline": None,
-    }
+def _row(dep: Deployment, batch: int, n_in: int, n_out: int, status: str = "ok", reason: str | None = None,
+         **measured) -> ProfileRow:
+    """A row; what was not measured is empty (n = 0 stats, None memory)."""
+    empty = Stats(**metrics.describe_samples([]))
+    fields = {"iterations": 0, **{k: empty for k in SAMPLED}, "memory": {k: None for k in MEMORY},
+              "roofline": None, "load_s": None, **measured}
+    return ProfileRow(deployment=dep, batch_size=batch, input_len=n_in, output_len=n_out, status=status,
+                      reason=reason, **fields)
 
 
 def _generate(model, ids, n_out: int, pad_id: int, streamer=None):
@@ -135,16 +128,17 @@ def _generate(model, ids, n_out: int, pad_id: int, streamer=None):
         )
 
 
-def profile_shape(model, ids, n_out: int, c: dict, mem: MemoryTracker, pad_id: int = 0) -> dict:
-    """Warmup, then measured generate() calls until min_iterations and min_duration_s are met."""
+def profile_shape(model, ids, n_out: int, c: ResolvedProfile, mem: MemoryTracker, pad_id: int = 0) -> dict:
+    """Warmup, then measured generate() calls until min_iterations and min_duration_s are met.
+    Returns {"iterations": n, <spec.SAMPLED metric>: describe_samples dict}."""
     batch, n_in = ids.shape
-    lat = LatencyTracker(c["device"])
+    lat = LatencyTracker(c.device)
     with mem.track():
-        for _ in range(c["warmup"]):
+        for _ in range(c.warmup):
             _generate(model, ids, n_out, pad_id)
         t0 = time.perf_counter()
-        while (len(lat.results) < c["min_iterations"] or time.perf_counter() - t0 < c["min_duration_s"]) and (
-            c["max_iterations"] is None or len(lat.results) < c["max_iterations"]
+        while (len(lat.results) < c.min_iterations or time.perf_counter() - t0 < c.min_duration_s) and (
+            c.max_iterations is None or len(lat.results) < c.max_iterations
         ):
             with lat.track(batch, n_in) as timer:
                 out = _generate(model, ids, n_out, pad_id, streamer=timer)
@@ -152,11 +146,6 @@ def profile_shape(model, ids, n_out: int, c: dict, mem: MemoryTracker, pad_id: i
             if got != n_out or lat.results[-1].n_out != n_out:
                 raise RuntimeError(f"generated {got} tokens ({lat.results[-1].n_out} timed), expected {n_out}")
     return {"iterations": len(lat.results), **lat.stats()}
-
-
-def _grid_for(c: dict, params: int | None) -> tuple[dict, bool]:
-    big = c["large_model_params"] is not None and params is not None and params > c["large_model_params"]
-    return ({**c, **(c["large_model_overrides"] or {})} if big else c), big
 
 
 def _load(model_factory, dtype: str, attn: str, device: str):
@@ -169,115 +158,111 @@ def _load(model_factory, dtype: str, attn: str, device: str):
     return model
 
 
-def _sweep_one(model, dtype, attn, grid, c, mem, stream, pad_id, bw, notes, say) -> list[dict]:
+def _sweep_one(model, dep: Deployment, load_s: float, grid: ResolvedProfile, mem, stream, pad_id, bw, notes,
+               say) -> list[ProfileRow]:
     """Every (batch, input_len) shape of one loaded model."""
     import torch
 
-    n_out = grid["output_len"]
+    n_out, device = grid.output_len, grid.device
     vocab = model.get_input_embeddings().num_embeddings
     w_bytes, s_bytes = weight_bytes(model), streamed_weight_bytes(model)
     elem = torch.empty((), dtype=model.dtype).element_size()
-    results = []
-    for b in grid["batch_sizes"]:
-        for n in sorted(grid["input_lens"]):
+    rows = []
+    for b in grid.batch_sizes:
+        for n in sorted(grid.input_lens):
             ids, folded = make_input_ids(stream, b, n, vocab)
             if folded and not any("folded" in x for x in notes):
                 notes.append(f"tokenizer ids exceed the model's vocab ({vocab}): folded modulo vocab_size")
-            res = _empty_result(dtype, attn, b, n, n_out, "ok", None)
-            results.append(res)
             try:
-                res.update(profile_shape(model, ids.to(c["device"]), n_out, c, mem, pad_id))
+                measured = profile_shape(model, ids.to(device), n_out, grid, mem, pad_id)
             except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
-                res.update(status="unsupported" if _is_unsupported(exc) else "error", reason=_reason(exc))
-                say(f"{dtype}/{attn} b{b} n{n}: {res['status']}: {res['reason']}")
+                status = "unsupported" if _is_unsupported(exc) else "failed"
+                rows.append(_row(dep, b, n, n_out, status, _reason(exc), load_s=load_s))
+                say(f"{dep.key} b{b} n{n}: {status}: {_reason(exc)}")
                 continue
-            res["memory"] = mem.result(w_bytes, kv_cache_bytes(model.config, b, n + n_out, elem)).to_dict()
-            if b == 1:
-                res["roofline"] = metrics.roofline(s_bytes, res["decode_tps"]["p50"], bw)
-            say(f"{dtype}/{attn} b{b} n{n}: {res['iterations']} it, decode {res['decode_tps']['p50']:.1f} tok/s")
-    return results
+            memory = mem.result(w_bytes, kv_cache_bytes(model.config, b, n + n_out, elem))
+            roof = metrics.roofline(s_bytes, measured["decode_tps"]["p50"], bw) if b == 1 else None
+            rows.append(_row(dep, b, n, n_out, load_s=load_s, memory=memory,
+                             roofline=Roofline(**roof) if roof else None, **measured))
+            say(f"{dep.key} b{b} n{n}: {measured['iterations']} it, "
+                f"decode {measured['decode_tps']['p50']:.1f} tok/s")
+    return rows
 
 
 def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, prompt_texts: Sequence[str],
-                cfg: Mapping | None = None, progress: Callable[[str], None] | None = None) -> dict:
+                cfg: ResolvedProfile, progress: Callable[[str], None] | None = None) -> ProfileResult:
     """Profile one model; model_factory(dtype, attn_implementation) returns a loaded model (or raises).
-
-    Returns the metrics/profile/<model>.json dict, plus "protocol" (resolved cfg, grid, notes,
-    load average before/after: on a shared machine it says how busy the other cores were).
-    """
+    info: the model's ModelInfo (llmbench.models). cfg: params.profile.resolved()."""
     import torch
 
-    c = resolve_cfg(cfg)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("params.yaml: profile.device: CUDA is not available here "
+                        "(torch.cuda.is_available() is False)")
     threads_before = torch.get_num_threads()
-    if c["threads"] is not None:
-        torch.set_num_threads(c["threads"])
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     try:
-        return _run(model_factory, tokenizer, _as_dict(info), prompt_texts, c, progress or log.info)
+        return _run(model_factory, tokenizer, ModelFacts.of(info), prompt_texts, cfg, progress or log.info)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(model_factory, tokenizer, info_d: dict, prompt_texts, c: dict, say) -> dict:
+def _run(model_factory, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedProfile, say) -> ProfileResult:
     import torch
 
     load_before = os.getloadavg()[0]
-    grid, capped = _grid_for(c, info_d.get("params"))
-    device = c["device"]
+    grid, capped = c.for_model(facts.n_params)
+    device = c.device
     notes = []
     omp = os.environ.get("OMP_WAIT_POLICY")
     if torch.get_num_threads() > 1 and device == "cpu" and (omp or "").lower() != "passive":
         notes.append("OMP_WAIT_POLICY is not PASSIVE: with other load on the cores, >1 torch thread "
                      "can run 10-100x slower (spinning OpenMP threads)")
     if capped:
-        notes.append(f"params {info_d.get('params')} > large_model_params {c['large_model_params']}: "
-                     f"grid reduced by {c['large_model_overrides']}")
-    bw = measure_copy_bandwidth(c["bandwidth_mib"], device=device) if c["bandwidth_mib"] else None
+        notes.append(f"n_params {facts.n_params} > large_model_params {c.large_model_params}: grid reduced by "
+                     f"{c.large_model_overrides.model_dump(exclude_none=True)}")
+    bw = measure_copy_bandwidth(c.bandwidth_mib, device=device) if c.bandwidth_mib else None
     stream = token_stream(tokenizer, prompt_texts)
     pad_id = getattr(tokenizer, "pad_token_id", None)
     pad_id = pad_id if pad_id is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
-    results, load_times = [], {}
+    rows: list[ProfileRow] = []
     with MemoryTracker(device) as mem:
-        for dtype in grid["dtypes"]:
-            for attn in grid["attentions"]:
+        for dtype in grid.dtypes:
+            for attn in grid.attentions:
+                dep = Deployment(model=facts.name, backend=BACKEND, precision=dtype, attention=attn)
                 mem.baseline()  # RSS before this load
                 t0 = time.perf_counter()
                 try:
                     model = _load(model_factory, dtype, attn, device)
                 except Exception as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
-                    status = "unsupported" if _is_unsupported(exc) or isinstance(exc, ValueError) else "error"
-                    say(f"{dtype}/{attn}: {status}: {_reason(exc)}")
-                    results += [_empty_result(dtype, attn, b, n, grid["output_len"], status, _reason(exc))
-                                for b in grid["batch_sizes"] for n in sorted(grid["input_lens"])]
+                    status = "unsupported" if _is_unsupported(exc) or isinstance(exc, ValueError) else "failed"
+                    say(f"{dep.key}: {status}: {_reason(exc)}")
+                    rows += [_row(dep, b, n, grid.output_len, status, _reason(exc))
+                             for b in grid.batch_sizes for n in sorted(grid.input_lens)]
                     continue
-                load_times[(dtype, attn)] = time.perf_counter() - t0
-                results += _sweep_one(model, dtype, attn, grid, c, mem, stream, pad_id, bw, notes, say)
+                load_s = time.perf_counter() - t0
+                rows += _sweep_one(model, dep, load_s, grid, mem, stream, pad_id, bw, notes, say)
                 del model
                 gc.collect()
-    head = headline(results, grid)
-    load_s = load_times.get((head["dtype"], head["attention"])) if head else None
-    if head:
-        head["load_s"] = load_s
-    return {
-        "model": info_d.get("name"), "weights": info_d.get("weights"), "info": info_d,
-        "fingerprint": fingerprint(device), "preset": c["preset"], "load_s": load_s,
-        "bandwidth": {"copy_gbps": bw}, "results": results, "headline": head,
-        "protocol": {**c, "grid": {k: grid[k] for k in GRID_KEYS}, "notes": notes,
-                     "omp_wait_policy": omp, "loadavg_1m": [load_before, os.getloadavg()[0]]},
-    }
+    head = headline(rows, grid)
+    first_bad = next((r for r in rows if r.status != "ok"), None)
+    return ProfileResult(
+        status="ok" if head else "failed",
+        reason=None if head else f"no shape ran: {first_bad.reason if first_bad else 'empty grid'}",
+        model=facts.name, weights=facts.weights, info=facts, fingerprint=fingerprint(device), copy_gbps=bw,
+        results=rows, headline=head,
+        protocol=ProfileProtocol(
+            **c.model_dump(include={"preset", "warmup", "min_iterations", "min_duration_s", "max_iterations",
+                                    "threads", "device", "bandwidth_mib", "large_model_params"}),
+            **grid.model_dump(include={"batch_sizes", "input_lens", "output_len", "dtypes", "attentions"}),
+            grid_reduced=capped, notes=notes, omp_wait_policy=omp,
+            loadavg_1m=[load_before, os.getloadavg()[0]]),
+    )
 
 
-def headline(results: list[dict], grid: Mapping) -> dict | None:
-    """Batch 1 (else smallest), first dtype, first attention, smallest input; if that result is
-    not ok, the first ok result of the same shape in sweep order; None when nothing ran."""
-    b0, n0 = min(grid["batch_sizes"]), min(grid["input_lens"])
-    same_shape = [r for r in results if r["batch_size"] == b0 and r["input_len"] == n0]
-    pick = next((r for r in same_shape if r["status"] == "ok"), None)
-    if pick is None:
-        return None
-    p50 = {k: pick[k]["p50"] for k in ("ttft_s", "tpot_s", "e2e_s", "decode_tps", "prefill_tps")}
-    return {
-        "dtype": pick["dtype"], "attention": pick["attention"], "batch_size": b0, "input_len": n0,
-        "output_len": pick["output_len"], "ttft_p50_s": p50["ttft_s"], "tpot_p50_s": p50["tpot_s"],
-        "e2e_p50_s": p50["e2e_s"], "decode_tps_p50": p50["decode_tps"], "prefill_tps_p50": p50["prefill_tps"],
-        "rss_peak_mib": pick["memory"]["rss_peak_mib"], "weights_mib": pick["memory"]["weights_mib"], "load_s": None,
-    }
+def headline(rows: list[ProfileRow], grid: ResolvedProfile) -> Headline | None:
+    """Batch 1 (else smallest), first dtype, first attention, smallest input; if that row is
+    not ok, the first ok row of the same shape in sweep order; None when nothing ran."""
+    b0, n0 = min(grid.batch_sizes), min(grid.input_lens)
+    pick = next((r for r in rows if (r.batch_size, r.input_len) == (b0, n0) and r.status == "ok"), None)
+    return None if pick is None else Headline(deployment=pick.deployment, batch_size=b0, input_len=n0)

@@ -63,6 +63,28 @@ class _Statused(_Strict):
         return self
 
 
+def _require_version(schema: dict) -> None:
+    schema["required"] = sorted({*schema.get("required", []), "schema_version"})
+
+
+class _File(_Strict):
+    """A result file. schema_version defaults when code builds one, but a file must carry it."""
+
+    model_config = ConfigDict(json_schema_extra=_require_version)
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="bumped on any incompatible change")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_has_version(cls, data, info):
+        if (info.context or {}).get("file") and isinstance(data, dict) and "schema_version" not in data:
+            raise ValueError("schema_version: required field is missing")
+        return data
+
+
+class _Versioned(_File, _Statused):
+    pass
+
+
 class Stats(_Strict):
     """Statistics of raw samples (numpy linear percentiles, population std); None when n == 0."""
 
@@ -171,20 +193,21 @@ class ProfileProtocol(_Strict):
     threads: int | None
     device: str
     bandwidth_mib: int = Field(description="copy size of the bandwidth measurement, 0 = skipped [MiB]")
-    batch_sizes: list[int] = Field(description="the grid actually swept")
+    large_model_params: int | None
+    batch_sizes: list[int] = Field(description="the grid actually swept (after grid_reduced)")
     input_lens: list[int]
     output_len: int
-    precisions: list[str]
+    dtypes: list[str]
     attentions: list[str]
+    grid_reduced: bool = Field(description="large_model_overrides applied (n_params > large_model_params)")
     notes: list[str]
     omp_wait_policy: str | None
     loadavg_1m: list[float] = Field(description="1-minute load average before and after the sweep")
 
 
-class ProfileResult(_Statused):
+class ProfileResult(_Versioned):
     """metrics/profile/<model>.json"""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
     model: str
     weights: Weights
     info: ModelFacts
@@ -202,10 +225,9 @@ class ProfileResult(_Statused):
                      == (h.deployment, h.batch_size, h.input_len)), None)
 
 
-class InferResult(_Statused):
+class InferResult(_Versioned):
     """metrics/infer/<model>.json"""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
     model: str
     weights: Weights
     deployment: Deployment
@@ -232,10 +254,9 @@ class TaskScore(_Statused):
     suite: Literal["smoke", "standard", "local"]
 
 
-class EvaluateResult(_Statused):
+class EvaluateResult(_Versioned):
     """metrics/evaluate/<model>.json"""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
     model: str
     weights: Weights
     deployment: Deployment
@@ -244,9 +265,9 @@ class EvaluateResult(_Statused):
 
 
 class SummaryRow(_Statused):
-    """One report row (numbers in SI units; quality and live_* in percent)."""
+    """One report row (numbers in SI units; quality and live in percent)."""
 
-    deployment: Deployment
+    deployment: Deployment | None = Field(description="the model's headline deployment; null when not profiled")
     n_params: float | None = None
     load_s: float | None = _opt("load_s")
     ttft_s_p50: float | None = _opt("ttft_s")
@@ -262,10 +283,8 @@ class SummaryRow(_Statused):
     recommended: int = Field(description="1 for the recommendation")
 
 
-class Summary(_Strict):
+class Summary(_File):
     """metrics/summary.json (keys: results.row_key)."""
-
-    schema_version: Literal[1] = SCHEMA_VERSION
     rows: dict[str, SummaryRow]
     frontier_size: int
     n_rows: int
@@ -275,6 +294,7 @@ class Summary(_Strict):
 MODELS: dict[str, type[BaseModel]] = {"profile": ProfileResult, "infer": InferResult,
                                       "evaluate": EvaluateResult, "summary": Summary}
 R = TypeVar("R", bound=BaseModel)
+_OLD = "; an old or foreign file: rerun its stage (`dvc repro`)"
 
 
 def read_result(path: str | Path, model: type[R]) -> R:
@@ -286,13 +306,18 @@ def read_result(path: str | Path, model: type[R]) -> R:
     except FileNotFoundError:
         raise UserError(f"{path}: not found (has its stage run? try `dvc repro`)") from None
     try:
-        return model.model_validate_json(text)
+        if "schema_version" not in model.model_fields:
+            raise TypeError(f"{model.__name__} is not a result file model")
+        return model.model_validate_json(text, context={"file": True})
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        hint = ("; an old or foreign file: rerun its stage (`dvc repro`)"
-                if err["loc"][:1] == ("schema_version",) else "")
         msg = "required field is missing" if err["type"] == "missing" else err["msg"]
+        if msg.startswith("Value error, schema_version: "):
+            loc, msg = "schema_version", msg.removeprefix("Value error, schema_version: ")
+        if err["type"] == "json_invalid":
+            msg = f"not valid JSON ({err['msg']})"
+        hint = _OLD if loc.startswith("schema_version") else ""
         raise UserError(f"{path}: {loc}: {msg}{hint}") from None
 
 

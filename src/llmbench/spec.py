@@ -96,6 +96,14 @@ GATED = ("ttft_s", "tpot_s", "e2e_s", "decode_tps")
 LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
 
 
+def lookup(field: str) -> tuple[Metric, str | None] | None:
+    """'ttft_s_p50' -> (METRICS['ttft_s'], 'p50'); 'rss_peak_mib' -> (..., None); else None."""
+    if field in METRICS:
+        return METRICS[field], None
+    base, _, stat = field.rpartition("_")
+    return (METRICS[base], stat) if base in METRICS and stat in STATS else None
+
+
 def describe(name: str) -> str:
     """'<meaning> [unit]': the description a schema field carries."""
     m = METRICS[name]

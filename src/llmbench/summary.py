@@ -1,6 +1,5 @@
 """`python -m llmbench.summary`: print the report's table and recommendation (end of `make run`)."""
 import sys
-from pathlib import Path
 
 from llmbench.config import load_params
 from llmbench.errors import UserError
@@ -8,7 +7,7 @@ from llmbench.errors import UserError
 
 def main() -> None:
     try:
-        report = Path(load_params().paths.reports) / "report.md"
+        report = load_params().paths.report_md
         if not report.exists():
             raise UserError(f"{report}: not found; run `make run` (or `dvc repro`) first")
     except UserError as exc:

@@ -14,14 +14,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from llmbench.errors import UserError
+from llmbench.config import Budget
+from llmbench.spec import METRICS
 
-# budget key -> (table column, label in messages)
-BUDGET_COLUMNS: dict[str, tuple[str, str]] = {
-    "max_ttft_ms": ("ttft_p50_ms", "TTFT p50 ms"),
-    "max_tpot_ms": ("tpot_p50_ms", "TPOT p50 ms"),
-    "max_rss_mib": ("rss_peak_mib", "peak RSS MiB"),
-    "max_usd_per_mtok": ("usd_per_mtok", "USD per 1M output tokens"),
+# budget key -> (metric, statistic). The table holds SI units (the field, e.g. ttft_s_p50); a
+# limit is in the metric's display unit (ms, MiB, USD), so values are scaled before comparing.
+BUDGET_METRICS: dict[str, tuple[str, str | None]] = {
+    "max_ttft_ms": ("ttft_s", "p50"),
+    "max_tpot_ms": ("tpot_s", "p50"),
+    "max_rss_mib": ("rss_peak_mib", None),
+    "max_usd_per_mtok": ("usd_per_mtok", None),
 }
 
 
@@ -99,38 +101,29 @@ def _fmt(x: float) -> str:
 def _failures(row: pd.Series, limits: Mapping[str, float]) -> dict[str, str]:
     out = {}
     for key, limit in limits.items():
-        col, label = BUDGET_COLUMNS[key]
-        val = row.get(col, np.nan)
+        name, stat = BUDGET_METRICS[key]
+        metric = METRICS[name]
+        val = row.get(metric.field(stat), np.nan)
         if val is None or pd.isna(val):
-            out[key] = f"{label} not measured"
-        elif float(val) > limit:
-            out[key] = f"{label} {_fmt(float(val))} > {key} {_fmt(limit)}"
+            out[key] = f"{metric.header(stat)} not measured"
+        elif metric.shown(float(val)) > limit:
+            out[key] = f"{metric.header(stat)} {_fmt(metric.shown(float(val)))} > {key} {_fmt(limit)}"
     return out
 
 
-def check_budget(budget: Mapping[str, Any] | None) -> dict[str, float]:
-    """The set limits as floats; unknown keys and non-positive values are user errors."""
-    limits = {}
-    for key, val in (budget or {}).items():
-        if key not in BUDGET_COLUMNS:
-            raise UserError(f"params.yaml: budget.{key}: unknown key (expected one of: "
-                            f"{', '.join(BUDGET_COLUMNS)})")
-        if val is None:
-            continue
-        if isinstance(val, bool) or not isinstance(val, (int, float)) or not val > 0:
-            raise UserError(f"params.yaml: budget.{key}: must be a positive number or null")
-        limits[key] = float(val)
-    return limits
+def _limits(budget: Budget | None) -> dict[str, float]:
+    """The set limits (config.Budget validated them)."""
+    return {k: float(v) for k, v in (budget or Budget()).model_dump().items() if v is not None}
 
 
-def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
+def recommend(df: pd.DataFrame, quality: str, budget: Budget | None,
               pre_excluded: Mapping[str, str] | None = None,
-              tie_break: Sequence[str] = ("tpot_p50_ms", "rss_peak_mib"), label: str | None = None
+              tie_break: Sequence[str] = ("tpot_s_p50", "rss_peak_mib"), label: str | None = None
               ) -> Recommendation:
     """Best-quality model within the budget, with the reason every other model lost.
     Ties on quality go to the lower tie_break columns, then the name. label names quality."""
     label = label or quality
-    limits = check_budget(budget)
+    limits = _limits(budget)
     excluded: dict[str, str] = dict(pre_excluded or {})
     fails: dict[str, dict[str, str]] = {}
     fits_unscored: list[str] = []
@@ -173,7 +166,9 @@ def recommend(df: pd.DataFrame, quality: str, budget: Mapping[str, Any] | None,
         scored = not pd.isna(df.loc[model].get(quality, np.nan))
         if len(f) == 1 and scored and "not measured" not in next(iter(f.values())):
             key = next(iter(f))
-            single.setdefault(key, []).append((float(df.loc[model, BUDGET_COLUMNS[key][0]]), model))
+            name, stat = BUDGET_METRICS[key]
+            shown = METRICS[name].shown(float(df.loc[model, METRICS[name].field(stat)]))
+            single.setdefault(key, []).append((shown, model))
     if single:
         parts = [f"{key}={_fmt(limits[key])} (relaxing it to {_fmt(min(opts)[0])} admits "
                  f"{min(opts)[1]})" for key, opts in single.items()]

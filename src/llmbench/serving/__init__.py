@@ -1,16 +1,31 @@
-"""Serving: benchmark OpenAI-compatible endpoints (remote or a managed llama.cpp server) under load.
+"""Serving: benchmark OpenAI-compatible endpoints (remote, or a managed llama.cpp server) under load.
 
-    from llmbench.serving import Endpoint, ServeParams, SLO, ManagedServer, run, preflight
-    with ManagedServer(gguf, n_threads=2, n_ctx=512, alias=key, log_path=log) as srv:
-        result = run(endpoint, name, prompts, params, slo, base_url=srv.base_url,
-                     count_tokens=count, deployment=key)        # -> ServeResult
+A serve stage for one endpoint `name` (params: endpoints[name]: Endpoint, serve: ServeParams,
+slo: SLO) does, in this order:
+
+    prompts = select_prompts(rows, ep.api)          # generate-prompts records: plain | chat variant
+    if ep.managed:                                   # gguf = the deployment's prepared GGUF
+        with ManagedServer(gguf, n_threads=T, n_ctx=n_ctx_for(max_prompt_tokens, p.max_tokens),
+                           alias=deployment_key, log_path=logs / f"serve-{name}.log",
+                           ready_timeout_s=p.ready_timeout_s) as srv:
+            result = run(ep, name, prompts, p, slo, base_url=srv.base_url,
+                         count_tokens=count, deployment=deployment_key)
+            result.server = srv.describe()
+    else:
+        preflight(ep, name)                          # one-line UserError in seconds if unreachable
+        result = run(ep, name, prompts, p, slo, count_tokens=count)
+    path.write_text(result.model_dump_json(indent=1))   # metrics/serve/<name>.json
+
+`count(text) -> int` is the model's tokenizer, used only when the stream carries no `usage`.
+The API key is read from os.environ[ep.api_key_env] per request and never stored.
 """
-from llmbench.serving.endpoints import SLO, Endpoint, Managed, ServeParams, api_key
+from llmbench.serving.endpoints import SLO, Endpoint, EndpointName, Managed, ServeParams, api_key
 from llmbench.serving.loadgen import LoadGenerator, level_stats, preflight, run, select_prompts
 from llmbench.serving.results import (TOKENS_NOTE, Capacity, LevelResult, Percentiles,
                                       RequestSample, ServeResult)
 from llmbench.serving.server import ManagedServer, free_port, n_ctx_for
 
-__all__ = ["SLO", "Endpoint", "Managed", "ServeParams", "api_key", "LoadGenerator", "level_stats",
-           "preflight", "run", "select_prompts", "TOKENS_NOTE", "Capacity", "LevelResult",
-           "Percentiles", "RequestSample", "ServeResult", "ManagedServer", "free_port", "n_ctx_for"]
+__all__ = ["SLO", "Endpoint", "EndpointName", "Managed", "ServeParams", "api_key",
+           "LoadGenerator", "level_stats", "preflight", "run", "select_prompts", "TOKENS_NOTE",
+           "Capacity", "LevelResult", "Percentiles", "RequestSample", "ServeResult",
+           "ManagedServer", "free_port", "n_ctx_for"]

@@ -29,6 +29,18 @@ class MalformedStream(Exception):
     """An SSE data payload that is not JSON (or not a completion chunk)."""
 
 
+class StreamError(Exception):
+    """An error object sent inside the stream (outcome error:stream_error)."""
+
+
+class HTTPStatus(Exception):
+    """A non-200 answer: outcome error:http_<code>, the body's start as the detail."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"HTTP {code}: {detail}")
+        self.code = code
+
+
 def select_prompts(rows: Iterable[dict], api: str) -> list[dict]:
     """generate-prompts records for this API: the chat variant through chat, plain otherwise."""
     rows = list(rows)
@@ -52,6 +64,8 @@ def _kind(exc: BaseException) -> str:
         return "error:connect"
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError)):
         return "timeout"
+    if isinstance(exc, HTTPStatus):
+        return f"error:http_{exc.code}"
     if isinstance(exc, MalformedStream):
         return "error:malformed_sse"
     if isinstance(exc, httpx.RemoteProtocolError):
@@ -108,9 +122,7 @@ async def _request(client: httpx.AsyncClient, endpoint: Endpoint, name: str, url
             async with client.stream("POST", url + path, json=body, headers=headers) as resp:
                 if resp.status_code != 200:
                     detail = (await resp.aread()).decode("utf-8", "replace")
-                    sample.outcome = f"error:http_{resp.status_code}"
-                    sample.error = _one_line(detail, secret)
-                    return
+                    raise HTTPStatus(resp.status_code, detail)
                 async for payload in _events(resp):
                     if payload.strip() == "[DONE]":
                         break
@@ -121,7 +133,7 @@ async def _request(client: httpx.AsyncClient, endpoint: Endpoint, name: str, url
                     if not isinstance(chunk, dict):
                         raise MalformedStream(f"not an object: {payload[:60]!r}")
                     if "error" in chunk:
-                        raise RuntimeError(f"server error in stream: {chunk['error']}")
+                        raise StreamError(f"server error in stream: {chunk['error']}")
                     if isinstance(chunk.get("usage"), dict):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:
@@ -135,10 +147,11 @@ async def _request(client: httpx.AsyncClient, endpoint: Endpoint, name: str, url
                             sample.finish_reason = choice["finish_reason"]
         end = time.perf_counter()
         sample.outcome = "ok" if sample.finish_reason else "truncated"
-        if sample.outcome == "truncated":
-            sample.error = "stream ended without a finish_reason"
-    except (httpx.HTTPError, asyncio.TimeoutError, MalformedStream, RuntimeError, OSError) as exc:
-        sample.outcome, sample.error = _kind(exc), _one_line(f"{type(exc).__name__}: {exc}", secret)
+        sample.error = None if sample.finish_reason else "stream ended without a finish_reason"
+    except (httpx.HTTPError, asyncio.TimeoutError, HTTPStatus, MalformedStream, StreamError,
+            OSError) as exc:
+        detail = str(exc) if isinstance(exc, HTTPStatus) else f"{type(exc).__name__}: {exc}"
+        sample.outcome, sample.error = _kind(exc), _one_line(detail, secret)
         end = time.perf_counter()
     except asyncio.CancelledError:  # the level cap: keep what arrived, outcome stays "timeout"
         _fill(sample, t0, stamps, time.perf_counter(), "".join(pieces), prompt["text"], usage,
@@ -266,10 +279,13 @@ class LoadGenerator:
                                    self.params, self.count_tokens, sample)
 
             tasks = [asyncio.create_task(one(*row)) for row in plan]
-            _, pending = await asyncio.wait(tasks, timeout=self.params.level_time_cap_s)
+            done, pending = await asyncio.wait(tasks, timeout=self.params.level_time_cap_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:  # e.g. the key variable unset mid-run: a UserError, not a sample
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()
         result = LevelResult(profile=profile, level=level, rate_rps=rate, n_planned=len(plan),
                              n_sent=0, n_ok=0, capped=bool(pending),
                              duration_s=time.perf_counter() - start,

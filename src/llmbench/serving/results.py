@@ -95,6 +95,7 @@ class ServeResult(_Model):
     model: str
     api: Literal["completions", "chat"]
     revision: str | None = None
+    server: str | None = None  # a managed server's software and flags (ManagedServer.describe())
     status: Status = "ok"
     reason: str | None = None
     slo: SLO

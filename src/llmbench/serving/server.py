@@ -86,6 +86,11 @@ class ManagedServer:
                 "--n_ctx", str(self.n_ctx), "--interrupt_requests", "False",
                 *self.extra_args]
 
+    def describe(self) -> str:
+        from importlib.metadata import version
+        return (f"llama-cpp-python {version('llama_cpp_python')} server, one request at a time "
+                f"(--interrupt_requests False), n_threads {self.n_threads}, n_ctx {self.n_ctx}")
+
     def start(self) -> "ManagedServer":
         self.port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
