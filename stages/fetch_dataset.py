@@ -15,7 +15,7 @@ def main(params: Params) -> None:
         info = fetch(params.dataset, out)
         log_event("reference written", rows=info["rows"], sha256=info["sha256"])
         run.log_metrics({"rows": info["rows"]})
-        run.mlflow.set_tag("reference.sha256", info["sha256"])
+        run.set_tag("reference.sha256", info["sha256"])
         run.log_artifact(out)
 
 

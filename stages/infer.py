@@ -1,27 +1,30 @@
-"""infer@<model>: batched greedy generation over the prompts; random weights are skipped."""
+"""infer@<model>: batched greedy generation over the prompts on every deployment of the model
+(transformers at infer.dtype, llamacpp at each GGUF); random weights are skipped."""
 import time
-
-import torch
 
 from llmbench.cli import run_stage
 from llmbench.config import Params
-from llmbench.infer import generate, throughput_summary
+from llmbench.infer import encode, generate, throughput_summary
 from llmbench.io import read_jsonl, write_jsonl_atomic
 from llmbench.logs import log_event
-from llmbench.models import load, manifest
-from llmbench.results import Deployment, InferResult, write_result
+from llmbench.models import load_tokenizer, manifest
+from llmbench.results import InferResult, InferRun, write_result
 from llmbench.tracking import stage_run
 
 
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 def main(params: Params, name: str) -> None:
+    from llmbench.backends import catalog
+
     cfg = params.infer
     prepared = params.paths.prepared(name)
     outputs, metrics_path = params.paths.infer_jsonl(name), params.paths.infer_json(name)
     weights = manifest(prepared)["weights"]
-    # attention: the model's default implementation (not chosen here)
-    fixed = {"model": name, "weights": weights, "batch_size": cfg.batch_size,
-             "max_new_tokens": cfg.max_new_tokens,
-             "deployment": Deployment(model=name, backend="transformers", precision=cfg.dtype)}
+    fixed = {"model": name, "weights": weights, "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
     with stage_run("infer", name, params, logged_params=cfg.model_dump(mode="json"),
                    weights=weights) as run:
         if weights == "random":
@@ -31,21 +34,38 @@ def main(params: Params, name: str) -> None:
             write_jsonl_atomic(outputs, [])
         else:
             if cfg.threads:
+                import torch
+
                 torch.set_num_threads(cfg.threads)
             prompts = read_jsonl(params.paths.prompts)
-            model, tok, _ = load(prepared, dtype=cfg.dtype)
-            t0 = time.perf_counter()
-            records = generate(model, tok, prompts, batch_size=cfg.batch_size,
-                               max_new_tokens=cfg.max_new_tokens, chat=params.models[name].chat)
-            result = InferResult(**fixed, status="ok",
-                                 **throughput_summary(records, time.perf_counter() - t0))
+            tok, chat = load_tokenizer(prepared), params.models[name].chat
+            n_ctx = max(len(encode(tok, p, chat)) for p in prompts) + cfg.max_new_tokens
+            runs, records = [], []
+            for dep, load in catalog.deployments(params, name, cfg.dtype, n_ctx, n_seq=cfg.batch_size):
+                try:
+                    loaded = load()
+                    t0 = time.perf_counter()
+                    recs = generate(loaded, tok, prompts, batch_size=cfg.batch_size,
+                                    max_new_tokens=cfg.max_new_tokens, chat=chat)
+                    wall = time.perf_counter() - t0
+                    loaded.close()
+                except Exception as exc:  # noqa: BLE001 - one deployment failing is recorded, others run
+                    runs.append(InferRun(deployment=dep, status="failed", reason=_reason(exc)))
+                    log_event("infer failed", deployment=dep.key, reason=_reason(exc))
+                    continue
+                r = InferRun(deployment=dep, status="ok", **throughput_summary(recs, wall))
+                runs.append(r)
+                records += [{"deployment": dep.key, **x} for x in recs]
+                # MLflow names derive from the deployment key
+                run.log_metrics({f"{dep.key}.gen_tps": r.gen_tps, f"{dep.key}.ttft_s_p50": r.ttft_s.p50,
+                                 f"{dep.key}.e2e_s_p50": r.e2e_s.p50})
+            ok = any(r.status == "ok" for r in runs)
+            result = InferResult(**fixed, status="ok" if ok else "failed", runs=runs,
+                                 reason=None if ok else (runs[0].reason if runs else "no deployment enabled"))
             write_jsonl_atomic(outputs, records)
-            key = result.deployment.key  # MLflow names derive from the deployment key
-            run.log_metrics({f"{key}.gen_tps": result.gen_tps, f"{key}.ttft_s_p50": result.ttft_s.p50,
-                             f"{key}.e2e_s_p50": result.e2e_s.p50})
             run.log_artifact(outputs)
         write_result(metrics_path, result)
-        log_event("infer done", status=result.status, gen_tps=result.gen_tps)
+        log_event("infer done", status=result.status, runs=len(result.runs))
         run.log_artifact(metrics_path)
 
 

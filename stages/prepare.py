@@ -12,7 +12,7 @@ def main(params: Params, name: str) -> None:
     with stage_run("prepare", name, params, logged_params=spec.model_dump(mode="json")) as run:
         manifest = prepare(name, spec, out)
         log_event("prepared", path=str(out), weights=manifest["weights"])
-        run.mlflow.set_tag("llmbench.weights", manifest["weights"])
+        run.set_tag("llmbench.weights", manifest["weights"])
         run.log_artifact(out / "llmbench_model.json")
 
 

@@ -1,29 +1,68 @@
-"""profile@<model>: latency and memory over the shape x dtype x attention grid (llmbench.profiling)."""
+"""profile@<model>: latency and memory of every deployment of the model (transformers dtypes x
+attentions, llamacpp GGUF types) over the shape grid (llmbench.profiling)."""
+from pathlib import Path
+
 from llmbench.cli import run_stage
 from llmbench.config import Params
 from llmbench.io import read_jsonl
 from llmbench.logs import log_event
-from llmbench.models import describe, load, load_tokenizer
-from llmbench.profiling import fingerprint, run_profile
-from llmbench.results import write_result
-from llmbench.spec import METRICS, SAMPLED
+from llmbench.models import describe, load_tokenizer
+from llmbench.profiling import Target, fingerprint, run_profile
+from llmbench.results import Deployment, write_result
+from llmbench.spec import MEMORY, METRICS, SAMPLED
 from llmbench.tracking import stage_run
 
 
+def targets_for(params: Params, name: str):
+    """grid -> the model's deployments: transformers at the grid's dtypes x attentions, llamacpp
+    at every usable GGUF of data/gguf/<model>/gguf.json (shipped or converted)."""
+    from llmbench.backends import catalog
+
+    prepared = params.paths.prepared(name)
+    hf_on, cpp = params.backends.transformers.enabled, params.backends.llamacpp
+    files = catalog.read_set(params.paths.gguf_json(name)).usable() if cpp.enabled else []
+    threads = catalog.default_threads(cpp.threads, params.profile.resolved().threads)
+
+    def hf_load(d: str, a: str):
+        from llmbench.backends import transformers as hf
+
+        return lambda n_ctx, n_seq: hf.load(prepared, precision=d, attention=a, n_ctx=n_ctx, n_seq=n_seq,
+                                            device=params.profile.resolved().device, seed=params.prompts.seed)
+
+    def cpp_load(path: str, precision: str):
+        def load(n_ctx: int, n_seq: int):
+            from llmbench.backends import llamacpp
+
+            return llamacpp.load(Path(path), precision=precision, threads=threads, n_ctx=n_ctx, n_seq=n_seq,
+                                 flash_attn=cpp.flash_attn)
+        return load
+
+    def build(grid):
+        out = [Target(Deployment(model=name, backend="transformers", precision=d, attention=a), hf_load(d, a))
+               for d in grid.dtypes for a in grid.attentions] if hf_on else []
+        out += [Target(Deployment(model=name, backend="llamacpp", precision=f.precision),
+                       cpp_load(f.path, f.precision)) for f in files]
+        return out
+
+    return build
+
+
 def main(params: Params, name: str) -> None:
+    from transformers import AutoConfig
+
     prepared = params.paths.prepared(name)
     out = params.paths.profile_json(name)
     cfg = params.profile.resolved()
     info = describe(prepared)
     texts = [p["text"] for p in read_jsonl(params.paths.prompts)]
-
-    def factory(dtype: str, attn: str):
-        return load(prepared, dtype=dtype, attn_implementation=attn, seed=params.prompts.seed)[0]
-
-    with stage_run("profile", name, params, fingerprint=fingerprint(cfg.device).model_dump(),
-                   logged_params=cfg.model_dump(mode="json"), weights=info.weights) as run:
-        result = run_profile(factory, load_tokenizer(prepared), info, texts, cfg,
-                             progress=lambda msg: log_event(msg))
+    backends = [b for b, on in (("transformers", params.backends.transformers.enabled),
+                                ("llamacpp", params.backends.llamacpp.enabled)) if on]
+    with stage_run("profile", name, params, fingerprint=fingerprint(cfg.device, backends).model_dump(),
+                   logged_params={**cfg.model_dump(mode="json"),
+                                  "backends": params.backends.model_dump(mode="json")},
+                   weights=info.weights) as run:
+        result = run_profile(targets_for(params, name), load_tokenizer(prepared), info, texts, cfg,
+                             progress=lambda msg: log_event(msg), kv_config=AutoConfig.from_pretrained(prepared))
         write_result(out, result)
         run.log_metrics(profile_metrics(result))
         run.log_artifact(out)
@@ -36,7 +75,7 @@ def profile_metrics(result) -> dict[str, float]:
     for r in result.results:
         if r.status == "ok":
             out.update({f"{r.key}.{METRICS[m].field('p50')}": getattr(r, m).p50 for m in SAMPLED})
-            out[f"{r.key}.rss_peak_mib"] = r.memory.rss_peak_mib
+            out.update({f"{r.key}.{m}": getattr(r.memory, m) for m in MEMORY if m.startswith("rss_")})
     return out
 
 

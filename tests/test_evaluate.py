@@ -17,14 +17,14 @@ import yaml
 
 from llmbench.config import parse_params
 from llmbench.errors import UserError
-from llmbench.results import Deployment
+from llmbench.results import Deployment, EvaluateRun
 from llmbench.evaluate import (
     SMOKE_DIR,
     SMOKE_TASK,
     STANDARD_TASKS,
     evaluate_model,
-    ok_record,
-    skipped_record,
+    ok_run,
+    record,
 )
 
 SMOKE_JSONL = SMOKE_DIR / "llmbench_smoke.jsonl"
@@ -122,8 +122,8 @@ def test_agrees_with_bare_simple_evaluate(tiny, monkeypatch, num_fewshot):
     assert got.acc == pytest.approx(sum(r["correct"] for r in records) / 20)
     want_meta = (20, 20, num_fewshot, "smoke")
     assert (got.n, got.limit, got.num_fewshot, got.suite) == want_meta
-    rec = ok_record(Deployment(model="tiny", precision="float32"), "random", scores)
-    assert rec.lm_eval_version == importlib.metadata.version("lm_eval") and rec.tasks == scores
+    rec = record("tiny", "random", [ok_run(Deployment(model="tiny", precision="float32"), scores, "plain")])
+    assert rec.lm_eval_version == importlib.metadata.version("lm_eval") and rec.runs[0].tasks == scores
 
 
 def test_loglikelihoods_are_the_models_own(tiny):
@@ -260,11 +260,12 @@ def test_missing_local_data_file_is_a_user_error(tiny, tmp_path):
 
 def test_records_have_the_contract_shape():
     dep = Deployment(model="r", precision="float32")
-    ok = ok_record(dep, "pretrained", {})
-    skipped = skipped_record(dep, "random", "random weights: chance by construction")
-    keys = {"schema_version", "model", "weights", "deployment", "status", "reason", "lm_eval_version", "tasks"}
+    ok = record("r", "pretrained", [ok_run(dep, {}, "plain")])
+    skipped = record("r", "random", [], "random weights: chance by construction")
+    keys = {"schema_version", "model", "weights", "status", "reason", "lm_eval_version", "runs"}
     assert set(ok.model_dump()) == set(skipped.model_dump()) == keys
-    assert (ok.status, skipped.status, skipped.weights, skipped.tasks, skipped.model) == (
-        "ok", "skipped", "random", {}, "r")
+    assert (ok.status, skipped.status, skipped.weights, skipped.runs, skipped.model) == (
+        "ok", "skipped", "random", [], "r")
+    assert ok.run(dep).prompt_format == "plain" and ok.run(dep.model_copy(update={"precision": "x"})) is None
     with pytest.raises(ValueError, match="needs a reason"):  # not ok without a reason: refused
-        skipped_record(dep, "random", "")
+        EvaluateRun(deployment=dep, status="skipped", prompt_format="plain")

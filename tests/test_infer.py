@@ -4,7 +4,7 @@ import torch
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from llmbench.infer import encode, generate, throughput_summary
-from llmbench.results import Deployment, InferResult
+from llmbench.results import Deployment, InferResult, InferRun
 from llmbench.models import gpt2_tokenizer
 
 PROMPTS = [{"id": f"p{i}", "variant": "plain", "text": t} for i, t in enumerate(
@@ -34,9 +34,11 @@ def test_batched_equals_one_at_a_time(tiny):
     assert s["generated_tokens"] == sum(r["n_out"] for r in batched)
     assert s["gen_tps"] == pytest.approx(s["generated_tokens"] / 2.0)
     assert s["ttft_s"]["values"] == [r["ttft_s"] for r in batched] and s["e2e_s"]["n"] == 4
+    dep = Deployment(model="m", precision="float32")
     res = InferResult(model="m", weights="pretrained", batch_size=4, max_new_tokens=6, status="ok",
-                      deployment=Deployment(model="m", precision="float32"), **s)  # the file's shape
-    assert res.ttft_s.p50 > 0
+                      runs=[InferRun(deployment=dep, status="ok", **s)])  # the file's shape
+    assert res.run(dep).ttft_s.p50 > 0
+    assert s["outputs_sha256"] == throughput_summary(one, 1.0)["outputs_sha256"]  # same outputs, same hash
 
 
 def test_chat_variant_uses_the_template():

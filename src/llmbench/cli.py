@@ -1,33 +1,70 @@
-"""The one entry point every stage module uses: argv, params, offline flags, logging, and a
-one-line error with exit code 2 for user mistakes (never a bare traceback)."""
+"""The one entry point every stage module uses: argv, params, offline flags, logging, the
+pre-flight check, and failure isolation: whatever a stage raises ends as one line on stderr (the
+traceback goes to the log file only), a failure record for a per-model stage
+(llmbench.failures) and exit code 2 (a user mistake, UserError) or 3 (any other failure)."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from pathlib import Path
+import traceback
 from typing import Callable
 
+from llmbench import failures
 from llmbench.config import Params, load_params
 from llmbench.errors import UserError
-from llmbench.logs import log_event, setup_logging
+from llmbench.logs import LOGGER, log_event, setup_logging
+from llmbench.redact import error_line
 from llmbench.tracking import repo_root
 
 OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# where in the code an exception came from -> the failure record's phase (first match, innermost)
+PHASES = (("llmbench.models", "load", "load"), ("llmbench.models", "load_tokenizer", "load"),
+          ("llmbench.models", "describe", "load"), ("llmbench.models", "prepare", "prepare"),
+          ("llmbench.evaluate", None, "score"), ("llmbench.io", None, "write"),
+          ("llmbench.results", "write_result", "write"))
+DEFAULT_PHASE = {"prepare": "prepare", "evaluate": "score"}
 
 
 def apply_network(params: Params) -> None:
     # without these, a hub id retries for ~49 s before failing; with them it fails in ~2 s
+    # (stages/__init__.py sets them already, before any hub library is imported)
     if not params.network:
         for flag in OFFLINE_FLAGS:
             os.environ.setdefault(flag, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def run_stage(stage: str, main: Callable[..., None], per_model: bool = False) -> None:
+def phase_of(stage: str, exc: BaseException) -> str:
+    """The phase an exception was raised in, read from its traceback (no stage code needed)."""
+    frames = [(f.f_globals.get("__name__", ""), f.f_code.co_name)
+              for f, _ in traceback.walk_tb(exc.__traceback__)]
+    for module, func, phase in PHASES:
+        if any(m == module and (func is None or fn == func) for m, fn in frames):
+            return phase
+    return DEFAULT_PHASE.get(stage, "run")
+
+
+def _log_traceback(exc: BaseException) -> None:
+    # the file handler only: stderr gets one line
+    logger = logging.getLogger(LOGGER)
+    record = logger.makeRecord(LOGGER, logging.ERROR, __file__, 0, "failed", (), (type(exc), exc,
+                               exc.__traceback__), extra={"fields": {"kind": type(exc).__name__}})
+    for handler in logger.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def run_stage(stage: str, main: Callable[..., None] | None, per_model: bool = False) -> None:
+    """Run one stage body; never returns a traceback to the user. Exits 0, 2 or 3. With main
+    None (stages/__init__.py, before torch is imported) only the checks run: a bad input fails
+    in well under a second instead of after the heavy imports."""
+    from llmbench.check import preflight
+
     argv = sys.argv[1:]
+    params, model, phase = None, None, "check"
     try:
         params = load_params(os.environ.get("LLMBENCH_PARAMS", "params.yaml"))
-        model = None
         if per_model:
             if len(argv) != 1:
                 raise UserError(f"usage: python -m stages.{stage.replace('-', '_')} <model name>")
@@ -37,12 +74,28 @@ def run_stage(stage: str, main: Callable[..., None], per_model: bool = False) ->
         apply_network(params)
         # logs go to the user's repo, also from a queued experiment's temp copy
         setup_logging(stage, model, repo_root() / params.paths.logs)
-        log_event("start")
+        log_event("start" if main else "pre-flight")
+        preflight(params, stage, model)  # before stage_run: a bad input leaves no MLflow run
+        if main is None:
+            return
+        phase = "run"
         main(params, model) if per_model else main(params)
         log_event("done")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - isolation: one failing model never sinks the run
+        code = failures.EXIT_USER if isinstance(exc, UserError) else failures.EXIT_MODEL
+        if phase != "check":
+            phase = phase_of(stage, exc)
+        _log_traceback(exc)
+        where = f"{stage}@{model}" if model else stage
+        print(f"error: {where}: {error_line(exc)}", file=sys.stderr)
+        if params is not None and (model is not None or not per_model):
+            try:  # a shared stage's record: model SHARED ("" in the file name: aggregate@.json)
+                rec = failures.make(stage, model or failures.SHARED, phase, exc, code)
+                failures.write(params.paths.failures, rec)
+            except OSError as wexc:  # the exit code still tells dvc the stage failed
+                print(f"error: {where}: failure record not written: {error_line(wexc)}", file=sys.stderr)
+        sys.exit(code)
+    failures.clear(params.paths.failures, stage, model or failures.SHARED)
 
 
 def ci_roster(params: Params) -> tuple[str, ...]:
@@ -58,12 +111,28 @@ def ci_args(params: Params) -> list[str]:
     return args
 
 
+def _overrides_exist(path: str, params: Params) -> None:
+    # `dvc exp run -S a.b=v` refuses a key that params.yaml does not spell out ("not in struct")
+    import yaml
+
+    raw = yaml.safe_load(open(path, encoding="utf-8"))
+    for key in params.ci_overrides:
+        node = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise UserError(f"{path}: ci_overrides.{key}: not a key of {path}, so `dvc exp run -S` "
+                                "cannot set it (add it there, null for the default)")
+            node = node[part]
+
+
 def config_main(argv: list[str] | None = None) -> int:
     """`python -m llmbench.config ci-roster | ci-args`, for the Makefile and the workflows (so
     they never respell the CI roster)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        params = load_params(os.environ.get("LLMBENCH_PARAMS", "params.yaml"))
+        path = os.environ.get("LLMBENCH_PARAMS", "params.yaml")
+        params = load_params(path)
+        _overrides_exist(path, params)
         if argv == ["ci-roster"]:
             print("[" + ",".join(ci_roster(params)) + "]")
         elif argv == ["ci-args"]:
@@ -71,6 +140,6 @@ def config_main(argv: list[str] | None = None) -> int:
         else:
             raise UserError("usage: python -m llmbench.config ci-roster | ci-args")
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2
     return 0

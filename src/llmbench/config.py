@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from llmbench.errors import UserError
+from llmbench.serving.endpoints import SLO, Endpoint, EndpointName, ServeParams
 
 SOURCES = ("gguf-package", "hub", "local", "random")
 
@@ -67,6 +68,9 @@ class Paths(_Strict):
     summary: str = "metrics/summary.json"  # Summary
     reports: str = "reports"  # report.md and plots/
     logs: str = "logs"
+    gguf: str = "data/gguf"  # <dir>/<model>/: converted / quantized GGUFs + gguf.json (GgufSet)
+    serve: str = "metrics/serve"  # <dir>/<endpoint>.json: ServeResult
+    failures: str = "metrics/failures"  # <dir>/<stage>@<model>.json: failure records (not DVC outputs)
 
     def prepared(self, model: str) -> Path:
         return Path(self.models) / model
@@ -79,6 +83,15 @@ class Paths(_Strict):
 
     def evaluate_json(self, model: str) -> Path:
         return Path(self.evaluate) / f"{model}.json"
+
+    def serve_json(self, endpoint: str) -> Path:
+        return Path(self.serve) / f"{endpoint}.json"
+
+    def gguf_dir(self, model: str) -> Path:
+        return Path(self.gguf) / model
+
+    def gguf_json(self, model: str) -> Path:
+        return Path(self.gguf) / model / "gguf.json"
 
     def infer_jsonl(self, model: str) -> Path:
         return Path(self.infer_outputs) / f"{model}.jsonl"
@@ -101,7 +114,7 @@ class Paths(_Strict):
 
 class Tracking(_Strict):
     uri: str | None = None  # default: sqlite:///<repo root>/mlflow.db; MLFLOW_TRACKING_URI wins
-    experiment: str = "llmbench"
+    experiment: str = Field("llmbench", pattern=r"\S")  # MLflow refuses an empty/blank name
 
 
 # a pasted sha256 may carry case or spaces; compare it normalised
@@ -136,8 +149,9 @@ class Dataset(_Strict):
 class Prompts(_Strict):
     seed: int = 1234
     n: int = Field(16, ge=1)
-    buckets: tuple[int, ...] = (16, 48, 96)  # target prompt lengths in tokens
-    variants: tuple[Literal["plain", "chat"], ...] = ("plain", "chat")
+    # empty lists would divide by zero in generate(); a bucket of 0 tokens is no prompt
+    buckets: tuple[Annotated[int, Field(ge=1)], ...] = Field((16, 48, 96), min_length=1)  # target lengths in tokens
+    variants: tuple[Literal["plain", "chat"], ...] = Field(("plain", "chat"), min_length=1)
 
 
 class Infer(_Strict):
@@ -185,6 +199,10 @@ class ResolvedProfile(_Strict):
 
     @model_validator(mode="after")
     def _iterations(self) -> "ResolvedProfile":
+        for key in ("batch_sizes", "input_lens", "dtypes", "attentions"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):  # a shape twice: two rows with one key
+                raise ValueError(f"{key}: {list(values)} lists a value twice")
         if self.max_iterations is not None and self.max_iterations < self.min_iterations:
             raise ValueError(f"max_iterations: {self.max_iterations} is below min_iterations "
                              f"{self.min_iterations}")
@@ -250,7 +268,7 @@ class Profile(_Strict):
 
 
 class Evaluate(_Strict):
-    tasks: tuple[str, ...] = ("llmbench_smoke",)
+    tasks: tuple[str, ...] = Field(("llmbench_smoke",), min_length=1)
     limit: int | None = Field(None, ge=1)
     num_fewshot: int | None = Field(0, ge=0)  # null keeps each task's own default
     batch_size: int = Field(8, ge=1)
@@ -268,6 +286,7 @@ class Budget(_Strict):
     max_tpot_ms: float | None = Field(None, gt=0)
     max_rss_mib: float | None = Field(None, gt=0)
     max_usd_per_mtok: float | None = Field(None, gt=0)
+    min_capacity_rps: float | None = Field(None, gt=0)  # served requests/s at the SLO (serve@)
 
 
 V1_PROTOCOL = "open-llm-leaderboard-v1"
@@ -280,6 +299,35 @@ class Report(_Strict):
     # a reference score ranks only under this protocol (null: any protocol)
     reference_protocol: str | None = V1_PROTOCOL
     mix_fingerprints: bool = False
+
+
+class Failures(_Strict):
+    allow: bool = False  # true: `make run` exits 0 even when a roster model failed (the report shows it)
+
+
+GgufType = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]+$")]  # Q4_K_M, Q8_0, F16 (no dots)
+
+
+class TransformersBackend(_Strict):
+    """backends.transformers: dtypes and attentions are the profile grid's (profile.dtypes/attentions)."""
+    enabled: bool = True
+
+
+class LlamaCppBackend(_Strict):
+    """backends.llamacpp: llama.cpp (llama-cpp-python) on GGUF files."""
+    enabled: bool = True
+    threads: int | None = Field(None, ge=1)  # null: profile.threads, else every core this process may use
+    # types made from each HF model's weights by quantize@<model> (llama.cpp's names; checked there)
+    quantizations: tuple[GgufType, ...] = ("Q8_0", "Q4_K_M")
+    # a gguf-package model runs at its shipped type; true also makes `quantizations` from its
+    # dequantized weights, labelled "<type>-from-<shipped type>" (not the same as the original's)
+    requantize_shipped: bool = False
+    flash_attn: bool | None = None  # null: llama.cpp's own choice
+
+
+class Backends(_Strict):
+    transformers: TransformersBackend = TransformersBackend()
+    llamacpp: LlamaCppBackend = LlamaCppBackend()
 
 
 class Gate(_Strict):
@@ -309,6 +357,12 @@ class Params(_Strict):
     budget: Budget = Budget()
     report: Report = Report()
     gate: Gate = Gate()
+    backends: Backends = Backends()  # the runtimes each model is measured on (llmbench.backends)
+    # OpenAI-compatible endpoints benchmarked under load (serve@<name>; llmbench.serving)
+    endpoints: dict[EndpointName, Endpoint] = {}
+    serve: ServeParams = ServeParams()
+    slo: SLO = SLO()
+    failures: Failures = Failures()
 
     @model_validator(mode="after")
     def _roster_known(self) -> "Params":
@@ -325,6 +379,14 @@ class Params(_Strict):
                                      f"(defined: {', '.join(self.models)})")
         if not self.roster:
             raise ValueError("roster: empty; list at least one model name")
+        for name, ep in self.endpoints.items():
+            if ep.managed is not None and ep.managed.model not in self.models:
+                raise ValueError(f"endpoints.{name}.managed.model: model '{ep.managed.model}' is "
+                                 f"not defined under models (defined: {', '.join(self.models)})")
+        for key, names in (("roster", self.roster), ("ci_roster", self.ci_roster)):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:  # a model twice would run twice and collide in the report's rows
+                raise ValueError(f"{key}: model '{dupes[0]}' is listed more than once")
         try:
             self.profile.resolved()  # preset + overrides checked here, once, at load
         except UserError as exc:
@@ -364,9 +426,13 @@ def parse_params(raw: Any, origin: str = "params.yaml") -> Params:
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found (run from the repository root)") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 at byte {exc.start}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: unreadable: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_params(raw, str(path))

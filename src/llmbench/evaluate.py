@@ -1,9 +1,9 @@
 """Accuracy with lm-evaluation-harness as the scoring engine, on a model llmbench already loaded.
 
 lm-eval does the prompting, few-shot sampling, log-likelihood scoring and metrics, so numbers
-mean what the Open LLM Leaderboard's mean; this module only picks tasks, wraps the model once
-(HFLM(pretrained=<instance>), no second load) and reshapes lm-eval's output into llmbench's
-records. Task indexing is targeted: lm-eval's default TaskManager parses ~14,700 YAML files
+mean what the Open LLM Leaderboard's mean; this module only picks tasks, wraps a loaded
+deployment of any backend in one lm-eval LM (make_lm: why not HFLM is said there) and reshapes
+lm-eval's output into llmbench's records. Task indexing is targeted: lm-eval's default TaskManager parses ~14,700 YAML files
 (~8 s); here only the folders that define the requested tasks are indexed (milliseconds).
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmbench.errors import UserError
-from llmbench.results import Deployment, EvaluateResult, TaskScore
+from llmbench.results import Deployment, EvaluateResult, EvaluateRun, TaskScore
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -231,38 +231,111 @@ def sample_records(results: dict, tasks: dict[str, Any]) -> list[dict]:
     return records
 
 
-def make_lm(model: Any, tokenizer: Any, batch_size: int) -> Any:
-    """Wrap the already-loaded model; lm-eval takes the model's own device."""
-    from lm_eval.models.huggingface import HFLM
+def make_lm(loaded: Any, tokenizer: Any, chat: bool = False, batch_size: int = 1) -> Any:
+    """An lm-eval LM around any backend's Loaded.loglikelihood (llmbench.backends).
 
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    Why an LM subclass around the backend rather than lm-eval's own HFLM / completions model:
+    one scorer for every runtime, so the tokenization (the prepared folder's tokenizer, lm-eval's
+    TemplateLM context/continuation split, HFLM's BOS rule), the request order and the float64
+    log-softmax are identical across backends and only the runtime differs; llama.cpp gives full
+    logits in-process (no server, no logprob alignment to verify, no top-k truncation), and the
+    llamacpp backend reuses the KV cache of a multiple-choice item's shared context. chat: build
+    requests through the tokenizer's chat template (lm-eval's apply_chat_template). batch_size:
+    requests per forward on a backend that batches scoring (loglikelihood_many: transformers)."""
+    from lm_eval.api.model import TemplateLM
+
+    class _LM(TemplateLM):
+        def __init__(self) -> None:
+            super().__init__()
+            self.loaded, self.tokenizer = loaded, tokenizer
+            self.chat = chat
+
+        @property
+        def eot_token_id(self) -> int:
+            return self.tokenizer.eos_token_id
+
+        @property
+        def prefix_token_id(self) -> int:  # as HFLM: BOS, else EOS
+            bos = self.tokenizer.bos_token_id
+            return bos if bos is not None else self.tokenizer.eos_token_id
+
+        @property
+        def tokenizer_name(self) -> str:
+            return str(getattr(self.tokenizer, "name_or_path", "tokenizer")).replace("/", "__")
+
+        def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+            # HFLM's rule (lm-eval 0.4.13): the tokenizer's default, unless the text already has BOS
+            kw = {} if add_special_tokens is None else {"add_special_tokens": add_special_tokens}
+            if add_special_tokens is None and string.startswith(self.tokenizer.decode(self.prefix_token_id)):
+                kw["add_special_tokens"] = False
+            return self.tokenizer.encode(string, **kw)
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
+            many = getattr(self.loaded, "loglikelihood_many", None)  # a backend that batches
+            out = []
+            for start in range(0, len(requests), batch_size if many else 1):
+                chunk = requests[start:start + batch_size] if many else requests[start:start + 1]
+                # in order: the choices of one item share its context (llamacpp keeps that KV)
+                answers = many([(c, x) for _, c, x in chunk]) if many else [
+                    self.loaded.loglikelihood(chunk[0][1], chunk[0][2])]
+                for (key, _, _), ans in zip(chunk, answers):
+                    self.cache_hook.add_partial("loglikelihood", key, ans)
+                    out.append(ans)
+            return out
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            raise UserError(f"{_KEY}: a task needs loglikelihood_rolling (perplexity), which llmbench's "
+                            "scorer does not offer; use multiple-choice tasks")
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            raise UserError(f"{_KEY}: a task needs generate_until (free generation), which llmbench's "
+                            "scorer does not offer; use multiple-choice tasks")
+
+        def apply_chat_template(self, chat_history, add_generation_prompt: bool = True) -> str:
+            return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt)
+
+    return _LM()
+
+
+def prompt_format(tokenizer: Any, chat: bool) -> str:
+    """'chat template' when the model spec asks for it (chat: true) and the tokenizer has one."""
+    return "chat template" if chat and getattr(tokenizer, "chat_template", None) else "plain"
 
 
 def evaluate_model(
-    model: Any,
+    loaded: Any,
     tokenizer: Any,
     *,
     tasks: list[str],
     limit: int | None,
     num_fewshot: int | None,
-    batch_size: int,
+    batch_size: int = 1,
     include_path: str | os.PathLike | None = None,
+    chat: bool = False,
 ) -> tuple[dict[str, TaskScore], list[dict]]:
-    """Score `model` on `tasks` with lm-eval. Returns ({task: TaskScore}, per-sample records).
+    """Score a deployment (a backends.Loaded, or a torch model) on `tasks` with lm-eval.
+    Returns ({task: TaskScore}, per-sample records).
 
-    limit / num_fewshot / batch_size come validated from params (config.Evaluate);
-    num_fewshot=None keeps each task's own default. Raises UserError for bad task names or
-    unloadable datasets."""
+    limit / num_fewshot come validated from params (config.Evaluate); num_fewshot=None keeps
+    each task's own default. chat: through the chat template when the tokenizer has one
+    (prompt_format says which). Raises UserError for bad task names or unloadable datasets."""
     from lm_eval import simple_evaluate
 
+    if not hasattr(loaded, "loglikelihood"):  # a bare torch model: the transformers backend around it
+        from llmbench.backends import transformers as hf
+
+        loaded = hf.wrap(loaded, tokenizer)
     tm, objects, suites = load_tasks(list(tasks), include_path)
+    templated = prompt_format(tokenizer, chat) == "chat template"
     results = simple_evaluate(
-        model=make_lm(model, tokenizer, batch_size),
+        model=make_lm(loaded, tokenizer, chat=templated, batch_size=batch_size),
         tasks=objects,
         task_manager=tm,  # without it lm-eval builds the full ~8 s index
         num_fewshot=num_fewshot,
         limit=limit,
         log_samples=True,
+        apply_chat_template=templated,
     )
     leaf_tasks = {}
     for obj in objects:
@@ -271,14 +344,16 @@ def evaluate_model(
     return task_scores(results, suites, limit), sample_records(results, leaf_tasks)
 
 
-def ok_record(deployment: Deployment, weights: str, tasks: dict[str, TaskScore]) -> EvaluateResult:
-    """metrics/evaluate/<model>.json for an evaluated model."""
-    return EvaluateResult(model=deployment.model, weights=weights, deployment=deployment, status="ok",
-                          lm_eval_version=lm_eval_version(), tasks=tasks)
+def ok_run(deployment: Deployment, tasks: dict[str, TaskScore], fmt: str, wall_s: float | None = None
+           ) -> EvaluateRun:
+    return EvaluateRun(deployment=deployment, status="ok", prompt_format=fmt, tasks=tasks, wall_s=wall_s)
 
 
-def skipped_record(deployment: Deployment, weights: str, reason: str) -> EvaluateResult:
-    """metrics/evaluate/<model>.json for a model that is not scored (e.g. random weights,
-    whose accuracy is chance by construction)."""
-    return EvaluateResult(model=deployment.model, weights=weights, deployment=deployment, status="skipped",
-                          reason=reason, lm_eval_version=lm_eval_version(), tasks={})
+def record(model: str, weights: str, runs: list[EvaluateRun], reason: str | None = None) -> EvaluateResult:
+    """metrics/evaluate/<model>.json: ok when any deployment was scored; else `reason` (or the
+    first run's) says why not (e.g. random weights, whose accuracy is chance by construction)."""
+    ok = any(r.status == "ok" for r in runs)
+    why = None if ok else (reason or next((r.reason for r in runs if r.reason), "nothing was scored"))
+    status = "ok" if ok else "failed" if any(r.status == "failed" for r in runs) else "skipped"
+    return EvaluateResult(model=model, weights=weights, status=status, reason=why,
+                          lm_eval_version=lm_eval_version(), runs=runs)

@@ -1,6 +1,7 @@
 """Atomic writes (temp file + rename: a crash never leaves a half-written output) and hashing."""
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -11,14 +12,21 @@ from typing import Iterable
 from llmbench.errors import UserError
 
 
+FILE_MODE = 0o644
+
+
 def _atomic(path: Path, write, binary: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)  # left by a writer killed mid-write (kill -9, OOM)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         text = {} if binary else {"encoding": "utf-8", "newline": "\n"}
         with os.fdopen(fd, "wb" if binary else "w", **text) as fh:
             write(fh)
+        # mkstemp makes 0600; outputs are read by teammates and CI artifact steps
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -39,16 +47,21 @@ def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     try:
-        lines = Path(path).read_text().splitlines()
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise UserError(f"{path}: not found (has its stage run? try `dvc repro`)") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 at byte {exc.start}; rerun its stage") from None
     rows = []
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UserError(f"{path}:{n}: not valid JSON ({exc.msg}); rerun its stage") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 

@@ -1,7 +1,8 @@
 """Model sources -> (model, tokenizer, ModelInfo).
 
 `prepare` materialises a model once into a folder (a cached DVC output): GGUF packages are
-dequantized and saved as safetensors (a ~14-35 s load becomes ~1 s), hub ids are downloaded
+dequantized and saved as safetensors (a ~14-35 s load becomes ~1 s) beside the shipped GGUF
+(which the llamacpp backend runs as is), hub ids are downloaded
 and saved, random models get their real config and tokenizer. `load` reads that folder.
 """
 from __future__ import annotations
@@ -87,9 +88,10 @@ def _count_params(model: torch.nn.Module) -> tuple[int, int]:
     return n, nbytes
 
 
-def _write_manifest(out: Path, name: str, spec: ModelSpec, weights: str, tokenizer: str) -> None:
+def _write_manifest(out: Path, name: str, spec: ModelSpec, weights: str, tokenizer: str,
+                    gguf: str | None = None) -> None:
     manifest = {"name": name, "source": spec.source, "weights": weights, "tokenizer": tokenizer,
-                "spec": spec.model_dump(mode="json")}
+                "spec": spec.model_dump(mode="json"), "gguf": gguf}  # gguf: the shipped file, if any
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -110,9 +112,9 @@ def prepare(name: str, spec: ModelSpec, out_dir: Path) -> dict:
                 del model.config.quantization_config
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
-            if gguf.parent == tmp:
-                gguf.unlink()
-            _write_manifest(tmp, name, spec, "pretrained", f"gguf:{spec.file}")
+            if gguf.parent != tmp:  # kept beside the safetensors: the llamacpp backend runs it as shipped
+                shutil.copyfile(gguf, tmp / spec.file)
+            _write_manifest(tmp, name, spec, "pretrained", f"gguf:{spec.file}", gguf=spec.file)
         elif isinstance(spec, HubModel):
             try:
                 model = AutoModelForCausalLM.from_pretrained(spec.id, revision=spec.revision, use_safetensors=True)

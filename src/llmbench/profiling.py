@@ -1,5 +1,7 @@
-"""The profile engine: latency, memory and roofline of one model over a dtype x attention x
-shape grid. Returns a results.ProfileResult (metrics/profile/<model>.json); the stage writes it.
+"""The profile engine: latency, memory and roofline of one model's deployments (backend x
+precision x attention, llmbench.backends) over a shape grid. Backend-agnostic: it calls only the
+backends.Loaded protocol, so one clock (TokenTimer via on_token) and one RSS sampler measure every
+runtime. Returns a results.ProfileResult (metrics/profile/<model>.json); the stage writes it.
 
 Protocol (optimum-benchmark's): warmup runs, then measured runs until BOTH min_iterations and
 min_duration_s are met; fixed generation length (greedy, min_new_tokens = max_new_tokens, so
@@ -14,18 +16,18 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from llmbench import metrics
+from llmbench.backends import Loaded
 from llmbench.config import ResolvedProfile
 from llmbench.errors import UserError
 from llmbench.results import (Deployment, Fingerprint, Headline, ModelFacts, ProfileProtocol, ProfileResult,
                               ProfileRow, Roofline, Stats)
 from llmbench.spec import MEMORY, SAMPLED
-from llmbench.trackers import (LatencyTracker, MemoryTracker, kv_cache_bytes, streamed_weight_bytes,
-                               weight_bytes)
+from llmbench.trackers import LatencyTracker, MemoryTracker, kv_cache_bytes
 
 log = logging.getLogger(__name__)
-BACKEND = "transformers"
 
 
 # ----------------------------------------------------------------------------- environment
@@ -40,8 +42,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def fingerprint(device: str = "cpu") -> Fingerprint:
-    """Where the numbers were measured (precision and attention are in each row's Deployment)."""
+def fingerprint(device: str = "cpu", backends: Sequence[str] = ()) -> Fingerprint:
+    """Where the numbers were measured (precision and attention are in each row's Deployment).
+    With llamacpp among backends, its version and build flags are part of it: another build
+    (or CPU flags) must not compare as the same environment."""
     import psutil
     import torch
     import transformers
@@ -53,7 +57,15 @@ def fingerprint(device: str = "cpu") -> Fingerprint:
         python=platform.python_version(), torch=torch.__version__,
         transformers=transformers.__version__,
         device=torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+        llama_cpp=_llama_cpp_build() if "llamacpp" in backends else None,
     )
+
+
+def _llama_cpp_build() -> str:
+    from llmbench.backends import llamacpp
+
+    info = llamacpp.system_info()
+    return f"{info['llama_cpp_python']} ({info['system_info']})"
 
 
 def measure_copy_bandwidth(size_mib: int = 256, repeats: int = 5, device: str = "cpu") -> float:
@@ -77,7 +89,8 @@ def measure_copy_bandwidth(size_mib: int = 256, repeats: int = 5, device: str = 
 
 # ----------------------------------------------------------------------------- inputs
 def token_stream(tokenizer, prompt_texts: Sequence[str]) -> list[int]:
-    """All prompts' token ids, concatenated (real text, cut later to exact lengths)."""
+    """All prompts' token ids, concatenated (real text, cut later to exact lengths). One
+    tokenizer (the prepared folder's) for every backend, so every deployment gets the same ids."""
     ids: list[int] = []
     for text in prompt_texts:
         ids.extend(tokenizer.encode(text, add_special_tokens=False))
@@ -86,19 +99,41 @@ def token_stream(tokenizer, prompt_texts: Sequence[str]) -> list[int]:
     return ids
 
 
-def make_input_ids(stream: list[int], batch_size: int, input_len: int, vocab_size: int):
-    """(batch, input_len) ids, rows are consecutive windows of the stream (cycled), and whether
+def make_input_ids(stream: list[int], batch_size: int, input_len: int, vocab_size: int
+                   ) -> tuple[list[list[int]], bool]:
+    """batch_size rows of input_len ids, consecutive windows of the stream (cycled), and whether
     ids were folded modulo vocab_size (a stand-in tokenizer larger than a random model's vocab)."""
-    import torch
-
     need = batch_size * input_len
-    reps = -(-need // len(stream))
-    ids = torch.tensor((stream * reps)[:need], dtype=torch.long).view(batch_size, input_len)
-    folded = bool(ids.max() >= vocab_size)
-    return (ids % vocab_size if folded else ids), folded
+    flat = (stream * -(-need // len(stream)))[:need]
+    folded = max(flat) >= vocab_size
+    flat = [i % vocab_size for i in flat] if folded else flat
+    return [flat[r * input_len:(r + 1) * input_len] for r in range(batch_size)], folded
 
 
 # ----------------------------------------------------------------------------- engine
+@dataclass(frozen=True)
+class Target:
+    """One deployment to sweep and how to load it: load(n_ctx, n_seq) -> backends.Loaded, sized
+    for the largest shape (n_ctx per sequence = n_in + n_out, n_seq = batch). Raises when the
+    deployment cannot run (recorded, the sweep goes on)."""
+
+    deployment: Deployment
+    load: Callable[[int, int], Loaded]
+
+
+def transformers_targets(model: str, factory: Callable[[str, str], object], tokenizer=None
+                         ) -> Callable[[ResolvedProfile], list[Target]]:
+    """Targets for every dtype x attention of a grid; factory(dtype, attention) -> torch model."""
+    from llmbench.backends import transformers as hf
+
+    def build(grid: ResolvedProfile) -> list[Target]:
+        return [Target(Deployment(model=model, backend=hf.NAME, precision=d, attention=a),
+                       lambda n_ctx, n_seq, d=d, a=a: hf.wrap(factory(d, a), tokenizer, precision=d, attention=a))
+                for d in grid.dtypes for a in grid.attentions]
+
+    return build
+
+
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
 
@@ -118,70 +153,56 @@ def _row(dep: Deployment, batch: int, n_in: int, n_out: int, status: str = "ok",
                       reason=reason, **fields)
 
 
-def _generate(model, ids, n_out: int, pad_id: int, streamer=None):
-    import torch
-
-    with torch.inference_mode():
-        return model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n_out, min_new_tokens=n_out,
-            do_sample=False, num_beams=1, pad_token_id=pad_id, use_cache=True, streamer=streamer,
-        )
-
-
-def profile_shape(model, ids, n_out: int, c: ResolvedProfile, mem: MemoryTracker, pad_id: int = 0) -> dict:
+def profile_shape(loaded: Loaded, ids: list[list[int]], n_out: int, c: ResolvedProfile,
+                  mem: MemoryTracker) -> dict:
     """Warmup, then measured generate() calls until min_iterations and min_duration_s are met.
     Returns {"iterations": n, <spec.SAMPLED metric>: describe_samples dict}."""
-    batch, n_in = ids.shape
+    batch, n_in = len(ids), len(ids[0])
     lat = LatencyTracker(c.device)
     with mem.track():
         for _ in range(c.warmup):
-            _generate(model, ids, n_out, pad_id)
+            loaded.generate(ids, n_out)
         t0 = time.perf_counter()
         while (len(lat.results) < c.min_iterations or time.perf_counter() - t0 < c.min_duration_s) and (
             c.max_iterations is None or len(lat.results) < c.max_iterations
         ):
             with lat.track(batch, n_in) as timer:
-                out = _generate(model, ids, n_out, pad_id, streamer=timer)
-            got = out.shape[1] - n_in
-            if got != n_out or lat.results[-1].n_out != n_out:
-                raise RuntimeError(f"generated {got} tokens ({lat.results[-1].n_out} timed), expected {n_out}")
+                out = loaded.generate(ids, n_out, on_token=timer.tick)
+            got = {len(o) for o in out}
+            if got != {n_out} or lat.results[-1].n_out != n_out:
+                raise RuntimeError(f"generated {sorted(got)} tokens ({lat.results[-1].n_out} timed), "
+                                   f"expected {n_out}")
     return {"iterations": len(lat.results), **lat.stats()}
 
 
-def _load(model_factory, dtype: str, attn: str, device: str):
-    """The model loaded as asked, or an exception saying why not (a silent fallback counts)."""
-    model = model_factory(dtype, attn)
-    model = model.to(device) if device != "cpu" else model
-    loaded_as = (str(model.dtype).removeprefix("torch."), model.config._attn_implementation)
-    if loaded_as != (dtype, attn):
-        raise NotImplementedError(f"requested {dtype}/{attn}, model loaded as {loaded_as[0]}/{loaded_as[1]}")
-    return model
-
-
-def _sweep_one(model, dep: Deployment, load_s: float, grid: ResolvedProfile, mem, stream, pad_id, bw, notes,
-               say) -> list[ProfileRow]:
-    """Every (batch, input_len) shape of one loaded model."""
-    import torch
-
-    n_out, device = grid.output_len, grid.device
-    vocab = model.get_input_embeddings().num_embeddings
-    w_bytes, s_bytes = weight_bytes(model), streamed_weight_bytes(model)
-    elem = torch.empty((), dtype=model.dtype).element_size()
+def _sweep_one(loaded: Loaded, dep: Deployment, load_s: float, grid: ResolvedProfile, mem, stream, bw, notes,
+               say, kv_config) -> list[ProfileRow]:
+    """Every (batch, input_len) shape of one loaded deployment."""
+    n_out = grid.output_len
+    vocab = loaded.vocab_size
+    elem = getattr(loaded, "kv_elem_bytes", None)
+    kv_config = kv_config if kv_config is not None else getattr(loaded, "config", None)
+    streamed = getattr(loaded, "streamed_bytes", loaded.weight_bytes)
     rows = []
     for b in grid.batch_sizes:
         for n in sorted(grid.input_lens):
+            if b > 1 and not loaded.supports_batch:
+                rows.append(_row(dep, b, n, n_out, "unsupported", f"backend {dep.backend} has no real "
+                                 "batch (a loop of single sequences is not a batch)", load_s=load_s))
+                continue
             ids, folded = make_input_ids(stream, b, n, vocab)
             if folded and not any("folded" in x for x in notes):
                 notes.append(f"tokenizer ids exceed the model's vocab ({vocab}): folded modulo vocab_size")
             try:
-                measured = profile_shape(model, ids.to(device), n_out, grid, mem, pad_id)
+                measured = profile_shape(loaded, ids, n_out, grid, mem)
             except Exception as exc:  # noqa: BLE001 - recorded, the sweep goes on
                 status = "unsupported" if _is_unsupported(exc) else "failed"
                 rows.append(_row(dep, b, n, n_out, status, _reason(exc), load_s=load_s))
                 say(f"{dep.key} b{b} n{n}: {status}: {_reason(exc)}")
                 continue
-            memory = mem.result(w_bytes, kv_cache_bytes(model.config, b, n + n_out, elem))
-            roof = metrics.roofline(s_bytes, measured["decode_tps"]["p50"], bw) if b == 1 else None
+            kv = kv_cache_bytes(kv_config, b, n + n_out, elem) if kv_config is not None and elem else None
+            memory = mem.result(loaded.weight_bytes, kv)
+            roof = metrics.roofline(streamed, measured["decode_tps"]["p50"], bw) if b == 1 else None
             rows.append(_row(dep, b, n, n_out, load_s=load_s, memory=memory,
                              roofline=Roofline(**roof) if roof else None, **measured))
             say(f"{dep.key} b{b} n{n}: {measured['iterations']} it, "
@@ -189,10 +210,13 @@ def _sweep_one(model, dep: Deployment, load_s: float, grid: ResolvedProfile, mem
     return rows
 
 
-def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, prompt_texts: Sequence[str],
-                cfg: ResolvedProfile, progress: Callable[[str], None] | None = None) -> ProfileResult:
-    """Profile one model; model_factory(dtype, attn_implementation) returns a loaded model (or raises).
-    info: the model's ModelInfo (llmbench.models). cfg: params.profile.resolved()."""
+def run_profile(targets: Callable[[ResolvedProfile], Sequence[Target]], tokenizer, info,
+                prompt_texts: Sequence[str], cfg: ResolvedProfile, progress: Callable[[str], None] | None = None,
+                kv_config=None) -> ProfileResult:
+    """Profile one model over targets(grid): the deployments to sweep for the model's grid (its
+    dtypes/attentions for transformers, its GGUF types for llamacpp). info: the model's
+    ModelInfo (llmbench.models). cfg: params.profile.resolved(). tokenizer: the prepared
+    folder's (the same ids for every backend). kv_config: the HF config, for KV-cache sizes."""
     import torch
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -202,16 +226,18 @@ def run_profile(model_factory: Callable[[str, str], object], tokenizer, info, pr
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(model_factory, tokenizer, ModelFacts.of(info), prompt_texts, cfg, progress or log.info)
+        return _run(targets, tokenizer, ModelFacts.of(info), prompt_texts, cfg, progress or log.info, kv_config)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(model_factory, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedProfile, say) -> ProfileResult:
+def _run(targets_for, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedProfile, say, kv_config
+         ) -> ProfileResult:
     import torch
 
     load_before = os.getloadavg()[0]
     grid, capped = c.for_model(facts.n_params)
+    targets = list(targets_for(grid))
     device = c.device
     notes = []
     omp = os.environ.get("OMP_WAIT_POLICY")
@@ -223,38 +249,42 @@ def _run(model_factory, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedP
                      f"{c.large_model_overrides.model_dump(exclude_none=True)}")
     bw = measure_copy_bandwidth(c.bandwidth_mib, device=device) if c.bandwidth_mib else None
     stream = token_stream(tokenizer, prompt_texts)
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    pad_id = pad_id if pad_id is not None else (getattr(tokenizer, "eos_token_id", None) or 0)
+    n_ctx, n_seq = max(grid.input_lens) + grid.output_len, max(grid.batch_sizes)
     rows: list[ProfileRow] = []
     with MemoryTracker(device) as mem:
-        for dtype in grid.dtypes:
-            for attn in grid.attentions:
-                dep = Deployment(model=facts.name, backend=BACKEND, precision=dtype, attention=attn)
-                mem.baseline()  # RSS before this load
-                t0 = time.perf_counter()
-                try:
-                    model = _load(model_factory, dtype, attn, device)
-                except Exception as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
-                    status = "unsupported" if _is_unsupported(exc) or isinstance(exc, ValueError) else "failed"
-                    say(f"{dep.key}: {status}: {_reason(exc)}")
-                    rows += [_row(dep, b, n, grid.output_len, status, _reason(exc))
-                             for b in grid.batch_sizes for n in sorted(grid.input_lens)]
-                    continue
-                load_s = time.perf_counter() - t0
-                rows += _sweep_one(model, dep, load_s, grid, mem, stream, pad_id, bw, notes, say)
-                del model
+        for target in targets:
+            dep = target.deployment
+            mem.baseline()  # RSS before this load
+            t0 = time.perf_counter()
+            try:
+                loaded = target.load(n_ctx, n_seq)
+            except Exception as exc:  # noqa: BLE001 - every failure is recorded, the sweep goes on
+                status = "unsupported" if _is_unsupported(exc) or isinstance(exc, ValueError) else "failed"
+                say(f"{dep.key}: {status}: {_reason(exc)}")
+                rows += [_row(dep, b, n, grid.output_len, status, _reason(exc))
+                         for b in grid.batch_sizes for n in sorted(grid.input_lens)]
+                continue
+            load_s = time.perf_counter() - t0
+            try:
+                rows += _sweep_one(loaded, dep, load_s, grid, mem, stream, bw, notes, say, kv_config)
+            finally:
+                loaded.close()
+                del loaded
                 gc.collect()
     head = headline(rows, grid)
     first_bad = next((r for r in rows if r.status != "ok"), None)
     return ProfileResult(
         status="ok" if head else "failed",
         reason=None if head else f"no shape ran: {first_bad.reason if first_bad else 'empty grid'}",
-        model=facts.name, weights=facts.weights, info=facts, fingerprint=fingerprint(device), copy_gbps=bw,
+        model=facts.name, weights=facts.weights, info=facts,
+        fingerprint=fingerprint(device, sorted({t.deployment.backend for t in targets})), copy_gbps=bw,
         results=rows, headline=head,
         protocol=ProfileProtocol(
-            **c.model_dump(include={"preset", "warmup", "min_iterations", "min_duration_s", "max_iterations",
+            preset=c.preset,
+            **c.model_dump(include={"warmup", "min_iterations", "min_duration_s", "max_iterations",
                                     "threads", "device", "bandwidth_mib", "large_model_params"}),
             **grid.model_dump(include={"batch_sizes", "input_lens", "output_len", "dtypes", "attentions"}),
+            backends=sorted({t.deployment.backend for t in targets}),
             grid_reduced=capped, notes=notes, omp_wait_policy=omp,
             loadavg_1m=[load_before, os.getloadavg()[0]]),
     )

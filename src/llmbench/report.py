@@ -24,6 +24,7 @@ from llmbench.config import Budget, Cost, Report
 from llmbench.errors import UserError
 from llmbench.io import write_bytes_atomic
 from llmbench.reference import BENCHMARKS
+from llmbench.report_serving import ServingSection, capacity_exclusions
 from llmbench.results import (EvaluateResult, InferResult, ProfileResult, ProfileRow, Summary, SummaryRow,
                               row_key)
 from llmbench.spec import METRICS, lookup
@@ -190,13 +191,20 @@ def _md_table(df: pd.DataFrame) -> str:
 
 def build_report(roster: list[str], profile: Mapping[str, ProfileResult], infer: Mapping[str, InferResult],
                  evaluate: Mapping[str, EvaluateResult], reference: pd.DataFrame | None, *, cost: Cost,
-                 budget: Budget, report: Report, references: Mapping[str, str]) -> ReportResult:
-    """Join everything for the roster's models only (other files/rows are ignored)."""
+                 budget: Budget, report: Report, references: Mapping[str, str],
+                 failed: list[dict] = (), serving: ServingSection | None = None) -> ReportResult:
+    """Join everything for the roster's models only (other files/rows are ignored). `failed`:
+    llmbench.failures.failed_rows(...), one dict per model whose stage failed."""
     usd_h = cost.usd_per_hour
     reference = reference if reference is not None else pd.DataFrame(columns=["model_id", "protocol"])
     rows = [_model_row(m, profile.get(m), infer.get(m), evaluate.get(m), reference, references.get(m),
                        report.reference_protocol, usd_h) for m in roster]
     table = pd.DataFrame(rows)
+    for f in failed:  # a failed stage's row says which stage and why, not "not profiled"
+        table.loc[table["model"] == f["model"], ["status", "reason"]] = ["failed", f["reason"]]
+    for col in SHAPE_KEYS:  # no model profiled (all failed): the report is still written
+        if col not in table:
+            table[col] = None if col in ("backend", "precision", "attention") else np.nan
     table.index = [d if isinstance(d, str) else m for m, d in zip(table["model"], table["deployment"])]
     qcol = _quality_column(report.quality, table)
     latency = METRICS[report.latency].field("p50")
@@ -208,7 +216,7 @@ def build_report(roster: list[str], profile: Mapping[str, ProfileResult], infer:
         text = table[f"{col}_text"] if f"{col}_text" in table else pd.Series(np.nan, table.index)
         table[f"{col}_text"] = _txt(text.astype(object).fillna(table["live_skipped"]))
     table["quality"] = pd.to_numeric(table[qcol], errors="coerce") if qcol in table else np.nan
-    notes: list[str] = []
+    notes: list[str] = [f"**Failed:** {f['model']}: {f['reason']}" for f in failed]
     kept, pre_excluded, fp_note = comparable(dict(zip(table.index, table["fingerprint"])),
                                              report.mix_fingerprints)
     notes += [fp_note] if fp_note else []
@@ -227,6 +235,8 @@ def build_report(roster: list[str], profile: Mapping[str, ProfileResult], infer:
     judged = table.loc[table["compared"]]
     front = pareto_front(judged, "quality", latency, "rss_peak_mib")
     table["frontier"] = table.index.isin(front[front].index)
+    # budget.min_capacity_rps: a deployment needs that much served capacity at the SLO
+    pre_excluded = {**capacity_exclusions(table.index, serving, budget.min_capacity_rps), **pre_excluded}
     rec = recommend(table, "quality", budget, pre_excluded, label=qcol)
     if table["quality"].notna().sum() == 0:
         notes.append(f"No model has a '{qcol}' score, so there is no frontier." + (
@@ -243,6 +253,8 @@ def build_report(roster: list[str], profile: Mapping[str, ProfileResult], infer:
                                                          list(PLOT_CSVS["tokps_per_model.csv"])])
     figures = _figures(table, qcol, latency)
     md = _markdown(table, qcol, latency, rec, budget, notes, usd_h, list(figures))
+    if serving is not None:  # endpoints under load (llmbench.report_serving)
+        md, figures, plot_data = md + serving.markdown, {**figures, **serving.figures}, {**plot_data, **serving.plot_data}
     return ReportResult(table, md, figures, plot_data, _summary(table, rec), qcol,
                         list(table.index[table["frontier"]]), rec, notes)
 

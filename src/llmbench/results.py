@@ -110,6 +110,8 @@ def _opt(name: str):
 class Memory(_Strict):
     rss_baseline_mib: float | None = _opt("rss_baseline_mib")
     rss_peak_mib: float | None = _opt("rss_peak_mib")
+    rss_anon_peak_mib: float | None = _opt("rss_anon_peak_mib")
+    rss_file_peak_mib: float | None = _opt("rss_file_peak_mib")
     weights_mib: float | None = _opt("weights_mib")
     kv_cache_mib: float | None = _opt("kv_cache_mib")
     cuda_max_allocated_mib: float | None = _opt("cuda_max_allocated_mib")
@@ -133,6 +135,8 @@ class Fingerprint(_Strict):
     torch: str
     transformers: str
     device: str = Field(description="'cpu' or the CUDA device name")
+    llama_cpp: str | None = Field(None, description="llama-cpp-python version and its build's system "
+                                  "info, when a llamacpp deployment was measured")
 
 
 class ModelFacts(_Strict):
@@ -199,6 +203,7 @@ class ProfileProtocol(_Strict):
     output_len: int
     dtypes: list[str]
     attentions: list[str]
+    backends: list[str] = Field(default_factory=list, description="the runtimes swept (llmbench.backends)")
     grid_reduced: bool = Field(description="large_model_overrides applied (n_params > large_model_params)")
     notes: list[str]
     omp_wait_policy: str | None
@@ -225,20 +230,34 @@ class ProfileResult(_Versioned):
                      == (h.deployment, h.batch_size, h.input_len)), None)
 
 
-class InferResult(_Versioned):
-    """metrics/infer/<model>.json"""
+def _run_for(runs, deployment: Deployment):
+    return next((r for r in runs if r.deployment == deployment), None)
 
-    model: str
-    weights: Weights
+
+class InferRun(_Statused):
+    """The prompts generated on one deployment."""
+
     deployment: Deployment
-    batch_size: int
-    max_new_tokens: int
     n_prompts: int | None = None
     generated_tokens: int | None = None
     wall_s: float | None = Field(None, description="generation wall time over all prompts [s]")
     gen_tps: float | None = _opt("gen_tps")
     ttft_s: Stats | None = Field(None, description="per request: " + spec.describe("ttft_s"))
     e2e_s: Stats | None = Field(None, description="per request: " + spec.describe("e2e_s"))
+    outputs_sha256: str | None = Field(None, description="sha256 over the outputs' sha256s, in prompt order")
+
+
+class InferResult(_Versioned):
+    """metrics/infer/<model>.json: one run per deployment (status ok when any run is ok)."""
+
+    model: str
+    weights: Weights
+    batch_size: int
+    max_new_tokens: int
+    runs: list[InferRun] = Field(default_factory=list)
+
+    def run(self, deployment: Deployment) -> InferRun | None:
+        return _run_for(self.runs, deployment)
 
 
 class TaskScore(_Statused):
@@ -254,14 +273,58 @@ class TaskScore(_Statused):
     suite: Literal["smoke", "standard", "local"]
 
 
+class EvaluateRun(_Statused):
+    """lm-eval's scores of one deployment."""
+
+    deployment: Deployment
+    prompt_format: Literal["chat template", "plain"] = Field(
+        description="how requests were built: through the tokenizer's chat template (chat: true and "
+                    "the model has one) or as plain text; the same on every backend of a model")
+    tasks: dict[str, TaskScore] = Field(default_factory=dict)
+    wall_s: float | None = Field(None, description="scoring wall time [s]")
+
+
 class EvaluateResult(_Versioned):
-    """metrics/evaluate/<model>.json"""
+    """metrics/evaluate/<model>.json: one run per deployment (status ok when any run is ok)."""
 
     model: str
     weights: Weights
-    deployment: Deployment
     lm_eval_version: str
-    tasks: dict[str, TaskScore]
+    runs: list[EvaluateRun] = Field(default_factory=list)
+
+    def run(self, deployment: Deployment) -> EvaluateRun | None:
+        return _run_for(self.runs, deployment)
+
+
+class GgufFile(_Statused):
+    """One GGUF a model runs on under llamacpp: shipped, converted from HF weights, or requantized."""
+
+    precision: str = Field(description="the deployment's precision: the GGUF type (Q4_K_M), or "
+                           "'<type>-from-<shipped type>' when made from a shipped GGUF's weights")
+    type_name: str = Field(description="the llama.cpp type asked for (F16, Q8_0, Q4_K_M, ...)")
+    origin: Literal["shipped", "converted", "requantized"]
+    path: str | None = Field(None, description="the file, relative to the repository root")
+    file_type: str | None = Field(None, description="the type the file says it has")
+    bits_per_weight: float | None = Field(None, description="effective: tensor bytes * 8 / weights "
+                                          "(K-quants fall back on tensor widths not divisible by 256)")
+    tensor_bytes: int | None = None
+    file_bytes: int | None = Field(None, description="size on disk [bytes]")
+    tensor_types: dict[str, int] = Field(default_factory=dict, description="ggml type -> tensors")
+    context_length: int | None = Field(None, description="the model's training context [tokens]")
+    seconds: float | None = Field(None, description="time to make it (conversion share included) [s]")
+
+
+class GgufSet(_Versioned):
+    """data/gguf/<model>/gguf.json: every GGUF of one model (quantize@<model>)."""
+
+    model: str
+    weights: Weights
+    converter: str = Field(description="the llama.cpp converter that made the converted files")
+    tokenizer: str = Field(description="the tokenizer inside the converted GGUFs")
+    files: list[GgufFile]
+
+    def usable(self) -> list[GgufFile]:
+        return [f for f in self.files if f.status == "ok" and f.path]
 
 
 class SummaryRow(_Statused):
@@ -291,8 +354,13 @@ class Summary(_File):
     n_compared: int
 
 
+
 MODELS: dict[str, type[BaseModel]] = {"profile": ProfileResult, "infer": InferResult,
-                                      "evaluate": EvaluateResult, "summary": Summary}
+                                      "evaluate": EvaluateResult, "summary": Summary,
+                                      "gguf": GgufSet}  # data/gguf/<model>/gguf.json
+# result models defined elsewhere, imported only to export their schemas (so the stages that
+# import this module do not depend on those modules): file name -> "module:class"
+EXTERNAL = {"serve": "llmbench.serving.results:ServeResult"}  # metrics/serve/<endpoint>.json
 R = TypeVar("R", bound=BaseModel)
 _OLD = "; an old or foreign file: rerun its stage (`dvc repro`)"
 
@@ -330,7 +398,13 @@ def write_result(path: str | Path, result: BaseModel) -> Path:
 def schemas() -> dict[str, str]:
     """file name -> JSON Schema text, as committed under docs/schema/."""
     return {f"{name}.schema.json": json.dumps(m.model_json_schema(), indent=2, sort_keys=True) + "\n"
-            for name, m in MODELS.items()}
+            for name, m in {**MODELS, **{n: _external(r) for n, r in EXTERNAL.items()}}.items()}
+
+
+def _external(ref: str) -> type[BaseModel]:
+    import importlib
+    module, cls = ref.split(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def export_schemas(out: str | Path = SCHEMA_DIR) -> list[Path]:

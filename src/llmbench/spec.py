@@ -66,10 +66,15 @@ _TABLE = (
            "(batched, EOS may end a request early)", "tok/s", 1.0, "infer gen"),
     Metric("rss_baseline_mib", "MiB", False, "resident memory of the process before the model "
            "is loaded", "MiB", 1.0, "baseline RSS"),
-    Metric("rss_peak_mib", "MiB", False, "peak resident memory while generating, sampled every "
-           "~10 ms by a separate process", "MiB", 1.0, "peak RSS"),
-    Metric("weights_mib", "MiB", False, "bytes of the model's parameters and buffers", "MiB", 1.0,
-           "weights"),
+    Metric("rss_peak_mib", "MiB", False, "peak resident memory (anonymous + file-backed) while "
+           "generating, sampled every ~10 ms by a separate process; the budget's memory",
+           "MiB", 1.0, "peak RSS"),
+    Metric("rss_anon_peak_mib", "MiB", False, "peak resident anonymous memory (heap: transformers' "
+           "weights, KV cache, activations), sampled like rss_peak_mib", "MiB", 1.0, "anon RSS"),
+    Metric("rss_file_peak_mib", "MiB", False, "peak resident file-backed memory (mmapped files: a "
+           "GGUF's weights, shared libraries), sampled like rss_peak_mib", "MiB", 1.0, "file RSS"),
+    Metric("weights_mib", "MiB", False, "bytes of the model's parameters and buffers (GGUF: its "
+           "tensor bytes)", "MiB", 1.0, "weights"),
     Metric("kv_cache_mib", "MiB", False, "KV cache size from the config at batch x (n_in + n_out)",
            "MiB", 1.0, "KV cache"),
     Metric("cuda_max_allocated_mib", "MiB", False, "CUDA only: torch.cuda.max_memory_allocated",
@@ -88,7 +93,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in _TABLE}
 # per-iteration distributions of one profiled shape (each a Stats object in the profile file)
 SAMPLED = ("ttft_s", "tpot_s", "itl_s", "e2e_s", "decode_tps", "prefill_tps")
 # memory of one profiled shape
-MEMORY = ("rss_baseline_mib", "rss_peak_mib", "weights_mib", "kv_cache_mib",
+MEMORY = ("rss_baseline_mib", "rss_peak_mib", "rss_anon_peak_mib", "rss_file_peak_mib", "weights_mib", "kv_cache_mib",
           "cuda_max_allocated_mib", "cuda_max_reserved_mib")
 # what the regression gate compares (itl_s is pooled across calls, prefill_tps is 1/ttft)
 GATED = ("ttft_s", "tpot_s", "e2e_s", "decode_tps")

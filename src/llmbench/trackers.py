@@ -76,10 +76,14 @@ class TokenTimer:
         self._start = time.perf_counter()
 
     def put(self, value) -> None:
-        now = time.perf_counter()
         if not self._prompt_seen:  # the first put() carries the prompt ids
             self._prompt_seen = True
             return
+        self.tick()
+
+    def tick(self) -> None:
+        """One generation step's tokens exist now (a backend's on_token callback)."""
+        now = time.perf_counter()
         self._times.append(now - self._start)
         if self.cuda:
             import torch
@@ -134,7 +138,8 @@ class LatencyTracker:
 
 # ----------------------------------------------------------------------------- memory
 def memory_from_bytes(rss_baseline_bytes=None, rss_peak_bytes=None, weight_bytes=None, kv_cache_bytes=None,
-                      cuda_max_allocated_bytes=None, cuda_max_reserved_bytes=None):
+                      cuda_max_allocated_bytes=None, cuda_max_reserved_bytes=None,
+                      rss_anon_peak_bytes=None, rss_file_peak_bytes=None):
     """results.Memory (MiB, 2**20 bytes) from byte counts; None stays None."""
     from llmbench.results import Memory  # lazy: the sampler child imports this module
 
@@ -142,26 +147,44 @@ def memory_from_bytes(rss_baseline_bytes=None, rss_peak_bytes=None, weight_bytes
         return None if x is None else metrics.mib(x)
 
     return Memory(rss_baseline_mib=m(rss_baseline_bytes), rss_peak_mib=m(rss_peak_bytes),
+                  rss_anon_peak_mib=m(rss_anon_peak_bytes), rss_file_peak_mib=m(rss_file_peak_bytes),
                   weights_mib=m(weight_bytes), kv_cache_mib=m(kv_cache_bytes),
                   cuda_max_allocated_mib=m(cuda_max_allocated_bytes),
                   cuda_max_reserved_mib=m(cuda_max_reserved_bytes))
 
 
+def rss_parts(pid: int | None = None) -> tuple[int, int | None, int | None]:
+    """(resident total, anonymous, file-backed) bytes. Linux splits RSS in /proc/<pid>/status
+    (RssAnon, RssFile, RssShmem): mmapped weights (a GGUF) are file-backed, a heap copy of the
+    weights (transformers) is anonymous. Elsewhere only the total is known (None, None)."""
+    try:
+        with open(f"/proc/{pid or os.getpid()}/status", "rb") as f:
+            parts = {k: int(v.split()[0]) * 1024 for k, _, v in
+                     (ln.partition(b":") for ln in f) if k in (b"RssAnon", b"RssFile", b"RssShmem")}
+        anon, file = parts[b"RssAnon"], parts[b"RssFile"]
+        return anon + file + parts.get(b"RssShmem", 0), anon, file
+    except FileNotFoundError:
+        raise psutil.NoSuchProcess(pid or os.getpid()) from None
+    except (OSError, KeyError):
+        return psutil.Process(pid or os.getpid()).memory_info().rss, None, None
+
+
 def _sampler_main() -> None:
-    """Child process: sample RSS of argv pid every interval; answer 'r' (reset) and 'p' (peak)."""
+    """Child process: sample RSS of argv pid every interval; answer 'r' (reset) and 'p' (peaks:
+    'total anon file', anon/file -1 where the OS does not split RSS)."""
     pid, interval = int(sys.argv[1]), float(sys.argv[2])
-    proc = psutil.Process(pid)
     fd = sys.stdin.fileno()
-    peak = 0
+    peak = [0, -1, -1]  # total, anonymous, file-backed; each its own peak over time
 
     def sample() -> int:
-        nonlocal peak
         try:
-            rss = proc.memory_info().rss
+            total, anon, file = rss_parts(pid)
         except psutil.NoSuchProcess:
             sys.exit(0)
-        peak = max(peak, rss)
-        return rss
+        peak[0] = max(peak[0], total)
+        if anon is not None:
+            peak[1], peak[2] = max(peak[1], anon), max(peak[2], file)
+        return total
 
     def reply(text: str) -> None:
         sys.stdout.write(text + "\n")
@@ -181,12 +204,12 @@ def _sampler_main() -> None:
         while b"\n" in buf:
             cmd, buf = buf.split(b"\n", 1)
             if cmd == b"r":
-                peak = 0
+                peak[:] = [0, -1, -1]
                 sample()
                 reply("ok")
             elif cmd == b"p":
                 sample()
-                reply(str(peak))
+                reply(" ".join(map(str, peak)))
             elif cmd == b"q":
                 return
 
@@ -232,7 +255,14 @@ class RssSampler:
 
     def peak(self) -> int:
         """Peak RSS in bytes since start or the last reset."""
-        return int(self._ask("p"))
+        return self.peaks()[0]
+
+    def peaks(self) -> tuple[int, int | None, int | None]:
+        """Peak (total, anonymous, file-backed) RSS in bytes since start or the last reset; the
+        parts are None where the OS does not split RSS. Each is its own peak over time, so
+        anon + file may exceed total by what moved between the two kinds."""
+        total, anon, file = (int(x) for x in self._ask("p").split())
+        return total, (None if anon < 0 else anon), (None if file < 0 else file)
 
     def stop(self) -> None:
         if self._proc is None:
@@ -289,6 +319,7 @@ class MemoryTracker:
         self.sampler = RssSampler(interval_s=interval_s)
         self.baseline_bytes: int | None = None
         self.peak_bytes: int | None = None
+        self.part_peaks: tuple[int | None, int | None] = (None, None)  # anonymous, file-backed
         self.cuda_peaks: tuple[int, int] | None = None
 
     def __enter__(self) -> MemoryTracker:
@@ -319,12 +350,17 @@ class MemoryTracker:
             torch.cuda.synchronize()
             self.cuda_peaks = (torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved())
         # a last sample in-process catches a peak that is still live at exit
-        self.peak_bytes = max(self.sampler.peak(), rss_bytes())
+        total, anon, file = self.sampler.peaks()
+        now, now_anon, now_file = rss_parts()
+        self.peak_bytes = max(total, now)
+        self.part_peaks = (None if anon is None else max(anon, now_anon or 0),
+                           None if file is None else max(file, now_file or 0))
 
     def result(self, weight_bytes: int | None = None, kv_cache_bytes: int | None = None):
         """results.Memory of the last track()."""
         alloc, reserved = self.cuda_peaks or (None, None)
-        return memory_from_bytes(self.baseline_bytes, self.peak_bytes, weight_bytes, kv_cache_bytes, alloc, reserved)
+        return memory_from_bytes(self.baseline_bytes, self.peak_bytes, weight_bytes, kv_cache_bytes, alloc, reserved,
+                                 *self.part_peaks)
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -113,7 +113,10 @@ def _failures(row: pd.Series, limits: Mapping[str, float]) -> dict[str, str]:
 
 def _limits(budget: Budget | None) -> dict[str, float]:
     """The set limits (config.Budget validated them)."""
-    return {k: float(v) for k, v in (budget or Budget()).model_dump().items() if v is not None}
+    b = budget or Budget()
+    given = {"max_ttft_ms": b.max_ttft_ms, "max_tpot_ms": b.max_tpot_ms,
+             "max_rss_mib": b.max_rss_mib, "max_usd_per_mtok": b.max_usd_per_mtok}
+    return {k: float(v) for k, v in given.items() if v is not None}
 
 
 def recommend(df: pd.DataFrame, quality: str, budget: Budget | None,

@@ -166,6 +166,8 @@ class LlamaLoaded:
         self.n_params = int(llama_cpp.llama_model_n_params(model.model))
         self.vocab_size = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
         self.precision = precision or _file_type_name(model)
+        self.streamed_bytes = self.weight_bytes  # what one batch-1 decode step reads (engine roofline)
+        self.kv_elem_bytes = 4 if (precision or "").upper() == "F32" else 2  # f16 KV cache by default
         self._batch = _internals.LlamaBatch(n_tokens=min(n_ctx * n_seq, _MAX_BATCH_TOKENS),
                                             embd=0, n_seq_max=n_seq, verbose=False)
         # tokens held in sequence 0's KV cache by loglikelihood; None: unknown (after generate)

@@ -20,12 +20,23 @@ slo: SLO) does, in this order:
 The API key is read from os.environ[ep.api_key_env] per request and never stored.
 """
 from llmbench.serving.endpoints import SLO, Endpoint, EndpointName, Managed, ServeParams, api_key
-from llmbench.serving.loadgen import LoadGenerator, level_stats, preflight, run, select_prompts
-from llmbench.serving.results import (TOKENS_NOTE, Capacity, LevelResult, Percentiles,
-                                      RequestSample, ServeResult)
-from llmbench.serving.server import ManagedServer, free_port, n_ctx_for
 
-__all__ = ["SLO", "Endpoint", "EndpointName", "Managed", "ServeParams", "api_key",
-           "LoadGenerator", "level_stats", "preflight", "run", "select_prompts", "TOKENS_NOTE",
-           "Capacity", "LevelResult", "Percentiles", "RequestSample", "ServeResult",
-           "ManagedServer", "free_port", "n_ctx_for"]
+# the rest imports httpx + numpy (~0.2 s): loaded on first use, so config.py (which needs only the
+# params models above) stays cheap for every stage and the pre-flight check
+_LAZY = {
+    "LoadGenerator": "loadgen", "level_stats": "loadgen", "preflight": "loadgen", "run": "loadgen",
+    "select_prompts": "loadgen", "capacity": "loadgen",
+    "TOKENS_NOTE": "results", "Capacity": "results", "LevelResult": "results",
+    "Percentiles": "results", "RequestSample": "results", "ServeResult": "results",
+    "ServedAccuracy": "results",
+    "ManagedServer": "server", "free_port": "server", "n_ctx_for": "server",
+}
+
+__all__ = ["SLO", "Endpoint", "EndpointName", "Managed", "ServeParams", "api_key", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f"llmbench.serving.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'llmbench.serving' has no attribute {name!r}")

@@ -88,6 +88,19 @@ class Capacity(_Model):
     goodput_rps: float
 
 
+class ServedAccuracy(_Model):
+    """Accuracy of what the endpoint serves (issue 13 item 4): scored only where verified."""
+    status: Status
+    reason: str | None = None
+    tasks: dict[str, float] = {}  # task -> acc_norm, when status is ok
+
+
+NO_SERVED_ACCURACY = (
+    "not scored over HTTP: llama-cpp-python 0.3.36's server returns echo token_logprobs shifted "
+    "by one token (each token scored under the next token's distribution) and needs "
+    "--logits_all True; the in-process llamacpp deployment's score is the same GGUF's accuracy")
+
+
 class ServeResult(_Model):
     schema_version: int = 1
     endpoint: str
@@ -108,3 +121,4 @@ class ServeResult(_Model):
     levels: list[LevelResult] = []
     capacity_by_profile: dict[str, Capacity | None] = {}
     capacity: Capacity | None = None  # the highest request throughput among profile capacities
+    accuracy: ServedAccuracy = ServedAccuracy(status="unsupported", reason=NO_SERVED_ACCURACY)

@@ -63,12 +63,13 @@ class ManagedServer:
 
     def __init__(self, gguf: Path | str, *, n_threads: int, n_ctx: int, alias: str,
                  log_path: Path | str, ready_timeout_s: float = 120.0,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, drop_env: list[str] | None = None) -> None:
         self.gguf, self.log_path = Path(gguf), Path(log_path)
         if not self.gguf.is_file():
             raise UserError(f"managed server: GGUF file not found: {self.gguf}")
         self.n_threads, self.n_ctx, self.alias = n_threads, n_ctx, alias
         self.ready_timeout_s, self.extra_args = ready_timeout_s, list(extra_args or [])
+        self.drop_env = set(drop_env or [])  # e.g. the endpoint's key variable: the server needs none
         self.port: int | None = None
         self.proc: subprocess.Popen | None = None
         self._old_term = None
@@ -94,7 +95,8 @@ class ManagedServer:
     def start(self) -> "ManagedServer":
         self.port = free_port()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(self.n_threads)}
+        env = {**{k: v for k, v in os.environ.items() if k not in self.drop_env},
+               "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(self.n_threads)}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, env=env,
