@@ -10,7 +10,7 @@ its defaults (threshold 10%, 95% CI, 2000 resamples). Rates are the share of tri
 that share is the false-alarm rate; above it, the detection rate. Seeds are fixed (trial i uses
 seed i), so a rerun prints the same table.
 
-    python benchmarks/gate_noise.py [--seeds 200]
+    python benchmarks/gate_noise.py [--seeds 200] [--sizes 10 20 30 100]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from llmbench import gate
 
 SLOWDOWNS = (0.0, 0.15, 0.25)
 NOISES = (0.05, 0.20)
-SIZES = (10, 30, 100)  # iterations a side: one CI profile .. pooled A/B rounds
+SIZES = (10, 20, 30, 100)  # iterations a side: 20 = CI's ci_overrides .. pooled A/B rounds
 N_OUT = 16
 CONFIG = ("m.transformers.float32.sdpa", 1, 32, N_OUT)
 
@@ -91,6 +91,7 @@ def rates(n: int, slowdown: float, noise: float, seeds: int) -> dict[str, tuple[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=200, help="trials per cell (default 200)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="samples a side")
     args = ap.parse_args()
     t0 = time.perf_counter()
     cols = " | ".join(f"{s:.0%} slower" for s in SLOWDOWNS)
@@ -100,7 +101,7 @@ def main() -> None:
     print(f"| noise | n/side | interval | {cols} |")
     print("|---|---|---|" + "---|" * len(SLOWDOWNS))
     for noise in NOISES:
-        for n in SIZES:
+        for n in args.sizes:
             cells = [rates(n, s, noise, args.seeds) for s in SLOWDOWNS]
             for name in METHODS:
                 body = " | ".join(f"{c[name][0]:5.1%} ({c[name][1]:5.1%})" for c in cells)

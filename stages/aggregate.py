@@ -9,7 +9,7 @@ from llmbench.logs import log_event
 from llmbench.reference import load_reference
 from llmbench.report import build_report, write_report
 from llmbench.report_serving import section as serving_section
-from llmbench.results import EvaluateResult, InferResult, ProfileResult, read_result
+from llmbench.results import EvaluateResult, GgufSet, InferResult, ProfileResult, read_result
 from llmbench.tracking import stage_run
 
 
@@ -27,7 +27,8 @@ def main(params: Params) -> None:
                               _per_model(paths.evaluate_json, roster, EvaluateResult),
                               load_reference(Path(paths.reference)), cost=params.cost,
                               budget=params.budget, report=params.report, references=params.references,
-                              failed=failed_rows(live_failures(params)), serving=serving_section(params))
+                              failed=failed_rows(live_failures(params)), serving=serving_section(params),
+                              gguf=_per_model(paths.gguf_json, roster, GgufSet))
         written = write_report(result, Path(paths.reports), paths.summary_json)
         # MLflow names: <row key>.<field>, the same keys as metrics/summary.json's rows
         run.log_metrics(result.summary.model_dump(include={"rows", "frontier_size", "n_compared"}))

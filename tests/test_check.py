@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -68,11 +72,11 @@ def repo(tmp_path, monkeypatch, reference_dir) -> Path:
 def setp(dotted: str, value):
     def mutate(root: Path):
         raw = yaml.safe_load((root / "params.yaml").read_text())
-        node, *_ = raw, None
-        keys = dotted.split(".") if not dotted.startswith("models.") else \
-            ["models", *dotted.removeprefix("models.").split(".")]
+        node, keys = raw, dotted.split(".")
         for k in keys[:-1]:
-            node = node.setdefault(k, {}) if node.get(k) is not None else node.__setitem__(k, {}) or node[k]
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
         node[keys[-1]] = value
         (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     return mutate
@@ -171,6 +175,8 @@ CASES = [
     ("profile/beyond-machine", "check", setp("profile.batch_sizes", [10 ** 8]), "profile.batch_sizes"),
     ("profile/bad-device-pattern", "check", setp("profile.device", "gpu"), "profile.device"),
     ("profile/device-not-present", "profile", setp("profile.device", "cuda:7"), "profile.device"),
+    ("backends/threads-beyond-machine", "profile", setp("backends.llamacpp.threads", 4096),
+     "backends.llamacpp.threads"),
     ("evaluate/empty-list", "check", setp("evaluate.tasks", []), "evaluate.tasks"),
     ("evaluate/missing-folder", "evaluate", setp("evaluate.include_path", "no/such/tasks"),
      "evaluate.include_path"),
@@ -260,9 +266,6 @@ def test_defect(repo, case, monkeypatch, capsys):
 # ----------------------------------------------------------------- sweeps on the shipped params
 def _readme_overrides() -> list[list[str]]:
     """The -S values of every `dvc exp run` line in the README (shell loop variables filled in)."""
-    import re
-    import shlex
-
     out = []
     for line in (REPO / "README.md").read_text().splitlines():
         if "dvc exp run" in line and " -S " in line:
@@ -274,10 +277,7 @@ def _readme_overrides() -> list[list[str]]:
 
 
 def _ci_overrides() -> list[str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "LLMBENCH_PARAMS"}
-    import subprocess
     proc = subprocess.run([sys.executable, "-m", "llmbench.config", "ci-args"], cwd=REPO, env=env,
                           capture_output=True, text=True, check=True)
     words = proc.stdout.split()

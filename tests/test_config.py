@@ -117,7 +117,8 @@ def test_large_model_grid():
     assert reduced and (big.batch_sizes, big.attentions) == ((1,), ("sdpa",))
     assert (big.input_lens, big.dtypes) == (r.input_lens, r.dtypes)  # keys not overridden stay
     assert r.for_model(None) == (r, False)  # unknown size: full grid
-    custom = Profile(large_model_params=10, large_model_overrides={"dtypes": ["bfloat16"]}).resolved()
+    custom = Profile(large_model_params=10, batch_sizes=[1, 4],
+                     large_model_overrides={"dtypes": ["bfloat16"]}).resolved()
     assert custom.for_model(11)[0].dtypes == ("bfloat16",) and custom.for_model(11)[0].batch_sizes == (1, 4)
     assert Profile(preset="llm-perf").resolved().for_model(10**12)[1] is False  # no cap in llm-perf
 

@@ -16,7 +16,7 @@ from llmbench.config import Budget, Cost, Dataset, Report
 from llmbench.errors import UserError
 from llmbench.reference import fetch, load_reference
 from llmbench.report import PLOT_CSVS, build_report, write_report
-from llmbench.results import (Deployment, EvaluateResult, Fingerprint, ModelFacts, ProfileResult, Summary,
+from llmbench.results import (Deployment, EvaluateResult, EvaluateRun, Fingerprint, ModelFacts, ProfileResult, Summary,
                               TaskScore, read_result)
 from llmbench.spec import METRICS
 from llmbench.tradeoff import fingerprint_id
@@ -33,6 +33,10 @@ PROTOCOL = {"preset": "cpu-small", "warmup": 1, "min_iterations": 3, "min_durati
 
 def key(model):
     return f"{model}.transformers.float32.sdpa"  # the headline deployment of profile() below
+
+
+def bf16(model):
+    return f"{model}.transformers.bfloat16.sdpa"  # its other deployment (unsupported below)
 
 
 def stats(v):
@@ -67,16 +71,19 @@ def profile(model, weights, params, ttft, tpot, rss, fp=FP):
 def evaluation(model, weights, acc=None):
     dep = Deployment(model=model, precision="float32")
     if acc is None:
-        return EvaluateResult(model=model, weights=weights, deployment=dep, status="skipped",
-                              reason="random weights", lm_eval_version="0.4.9", tasks={})
+        return EvaluateResult(model=model, weights=weights, status="skipped",
+                              reason="random weights", lm_eval_version="0.4.9")
     task = TaskScore(status="ok", acc=acc, acc_stderr=0.02, acc_norm=None, acc_norm_stderr=None, n=40,
                      num_fewshot=0, limit=40, suite="smoke")
-    return EvaluateResult(model=model, weights=weights, deployment=dep, status="ok",
-                          lm_eval_version="0.4.9", tasks={"llmbench_smoke": task})
+    return EvaluateResult(model=model, weights=weights, status="ok", lm_eval_version="0.4.9",
+                          runs=[EvaluateRun(deployment=dep, status="ok", prompt_format="plain",
+                                            tasks={"llmbench_smoke": task})])
 
 
-class Inf:  # the one InferResult attribute the report reads
-    gen_tps = 33.0
+class Inf:  # what the report reads of an InferResult
+    @staticmethod
+    def run(dep):
+        return type("Run", (), {"gen_tps": 33.0})()
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +128,16 @@ def test_table_joins_reference_live_and_measured(runs, reference):
     r = build_report(ROSTER, prof, inf, ev, reference, **CFG)
     t = r.table
     # falcon-rw-1b has a reference row and a stale profile file, but is not in the roster
-    assert list(t.index) == [key(m) for m in ROSTER] and "stale" not in r.markdown
+    # one row per deployment: the bf16 one is kept, unsupported, with its reason
+    assert list(t.index) == [k for m in ROSTER for k in (key(m), bf16(m))] and "stale" not in r.markdown
+    assert (t.loc[bf16("neo"), "status"], t.loc[bf16("neo"), "reason"]) == ("unsupported", "no bf16")
     assert "falcon" not in r.markdown
     assert t.loc[key("neo"), "ref_arc"] == 22.95 and t.loc[key("neo"), "ref_protocol"] == "open-llm-leaderboard-v1"
     assert np.isnan(t.loc[key("distil"), "ref_average"])  # no published row -> shown as missing
     distil_rows = md_rows(r.markdown, "distil")
-    assert len(distil_rows) == 2  # the measured table and the quality table
-    assert distil_rows[1][:2] == ["distil", "random"] and distil_rows[1].count("—") >= 7
+    assert len(distil_rows) == 4  # the measured table and the quality table, 2 deployments each
+    assert distil_rows[2][:3] == ["distil", "random", "transformers.float32.sdpa"]
+    assert distil_rows[2].count("—") >= 7
     # the table keeps SI units; the markdown shows ms
     assert t.loc[key("neo"), "tpot_s_p50"] == pytest.approx(0.020) and t.loc[key("neo"), "load_s"] == 1.5
     perf_header = next(l for l in r.markdown.splitlines() if l.startswith("| model") and "TPOT" in l)
@@ -138,7 +148,7 @@ def test_table_joins_reference_live_and_measured(runs, reference):
     # cost = usd_per_hour / (decode_tps * 3600) * 1e6 at the headline batch (tps = 1 / tpot)
     assert t.loc[key("neo"), "usd_per_mtok"] == pytest.approx(0.36 / (50.0 * 3600) * 1e6)
     assert t.loc[key("smol"), "live_llmbench_smoke"] == pytest.approx(37.5)
-    assert "37.5 ±2.0 (0-shot acc, n=40, limit 40, smoke)" in t.loc[key("smol"), "live_llmbench_smoke_text"]
+    assert "37.5 ±2.0 (0-shot acc, n=40, limit 40, smoke, plain)" in t.loc[key("smol"), "live_llmbench_smoke_text"]
     assert t.loc[key("neo"), "live_llmbench_smoke_text"] == "skipped (random weights)"
     assert t.loc[key("smol"), "gen_tps"] == 33.0
     md = r.markdown
@@ -159,7 +169,7 @@ def test_reference_ids_come_from_params_references(runs, reference):
 def test_missing_inputs_do_not_crash(runs):
     prof, _, _ = runs
     r = build_report(["neo", "ghost"], {"neo": prof["neo"]}, {}, {}, None, **CFG)
-    assert list(r.table.index) == [key("neo"), "ghost"]  # an unprofiled model has no deployment
+    assert list(r.table.index) == [key("neo"), bf16("neo"), "ghost"]  # an unprofiled model has no deployment
     assert np.isnan(r.table.loc["ghost", "tpot_s_p50"]) and r.frontier == []
     assert r.table.loc["ghost", "status"] == "skipped" and "not profiled" in r.table.loc["ghost", "reason"]
     assert "not profiled" in r.recommendation.excluded["ghost"]

@@ -48,9 +48,10 @@ def pipeline(tmp_path_factory):
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # the stage modules live at the repo root, next to src/
     # the real stage modules, as DVC runs them
-    aggregate, evaluate, fetch_dataset, generate_prompts, infer, prepare, profile = (
+    aggregate, evaluate, fetch_dataset, generate_prompts, infer, prepare, profile, quantize = (
         importlib.import_module(f"stages.{n}") for n in ("aggregate", "evaluate", "fetch_dataset",
-                                                           "generate_prompts", "infer", "prepare", "profile"))
+                                                           "generate_prompts", "infer", "prepare", "profile",
+                                                           "quantize"))
     root = tmp_path_factory.mktemp("pipe")
     torch.manual_seed(0)
     saved = root / "saved"
@@ -60,7 +61,7 @@ def pipeline(tmp_path_factory):
         "reference": "data/reference", "prompts": "data/prompts.jsonl", "models": "data/models",
         "infer_outputs": "out/infer", "evaluate_outputs": "out/evaluate", "profile": "metrics/profile",
         "infer": "metrics/infer", "evaluate": "metrics/evaluate", "summary": "metrics/summary.json",
-        "reports": "reports", "logs": "logs"}.items()}
+        "reports": "reports", "logs": "logs", "gguf": "data/gguf"}.items()}
     params = parse_params({
         "roster": ["tiny", "rnd"],
         "models": {"tiny": {"source": "local", "path": str(saved)},
@@ -73,6 +74,8 @@ def pipeline(tmp_path_factory):
                     "bandwidth_mib": 8},
         "evaluate": {"limit": 4, "batch_size": 2},
         "report": {"quality": "llmbench_smoke"},
+        # one real conversion: the tiny GPT-2 (8-wide tensors: Q8_0 falls back, which is recorded)
+        "backends": {"llamacpp": {"quantizations": ["Q8_0"], "threads": 1}},
     })
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -81,6 +84,7 @@ def pipeline(tmp_path_factory):
         generate_prompts.main(params)
         for m in params.roster:
             prepare.main(params, m)
+            quantize.main(params, m)
             profile.main(params, m)
             infer.main(params, m)
             evaluate.main(params, m)
@@ -89,7 +93,7 @@ def pipeline(tmp_path_factory):
     out = {("summary", None): p.summary_json}
     for m in params.roster:
         out.update({("profile", m): p.profile_json(m), ("infer", m): p.infer_json(m),
-                    ("evaluate", m): p.evaluate_json(m)})
+                    ("evaluate", m): p.evaluate_json(m), ("gguf", m): p.gguf_json(m)})
     return out
 
 
@@ -108,13 +112,19 @@ def test_real_outputs_validate_against_the_committed_schemas(pipeline):
     # both paths were exercised: real measurements and real skips
     tiny_inf = json.loads(pipeline["infer", "tiny"].read_text())
     rnd_inf = json.loads(pipeline["infer", "rnd"].read_text())
-    assert tiny_inf["status"] == "ok" and tiny_inf["gen_tps"] > 0 and rnd_inf["status"] == "skipped"
+    assert tiny_inf["status"] == "ok" and rnd_inf["status"] == "skipped"
+    # every deployment: transformers at infer.dtype and llamacpp on the converted Q8_0
+    assert [(r["deployment"]["backend"], r["status"]) for r in tiny_inf["runs"]] == [
+        ("transformers", "ok"), ("llamacpp", "ok")] and all(r["gen_tps"] > 0 for r in tiny_inf["runs"])
     tiny_ev = json.loads(pipeline["evaluate", "tiny"].read_text())
-    assert tiny_ev["status"] == "ok" and tiny_ev["tasks"]["llmbench_smoke"]["n"] == 4
+    assert tiny_ev["status"] == "ok" and [r["tasks"]["llmbench_smoke"]["n"] for r in tiny_ev["runs"]] == [4, 4]
     prof = json.loads(pipeline["profile", "rnd"].read_text())
     assert prof["status"] == "ok" and prof["results"][0]["ttft_s"]["n"] >= 2
+    gguf = json.loads(pipeline["gguf", "rnd"].read_text())
+    assert [(f["precision"], f["origin"], f["status"]) for f in gguf["files"]] == [("Q8_0", "converted", "ok")]
     summary = json.loads(pipeline["summary", None].read_text())
-    assert set(summary["rows"]) == {"tiny.transformers.float32.sdpa", "rnd.transformers.float32.sdpa"}
+    assert set(summary["rows"]) == {f"{m}.{d}" for m in ("tiny", "rnd")
+                                    for d in ("transformers.float32.sdpa", "llamacpp.Q8_0")}
 
 
 def test_schemas_are_not_vacuous(pipeline):

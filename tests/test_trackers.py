@@ -124,7 +124,9 @@ def test_memory_tracker_reports_the_buffer_in_mib():
         res = mem.result(weight_bytes=3 * MIB, kv_cache_bytes=MIB)
     assert res.rss_peak_mib - res.rss_baseline_mib >= 0.9 * 300
     assert (res.weights_mib, res.kv_cache_mib, res.cuda_max_allocated_mib) == (3.0, 1.0, None)
-    assert set(res.model_dump()) == set(MEMORY) == {"rss_baseline_mib", "rss_peak_mib", "weights_mib", "kv_cache_mib",
+    assert res.rss_anon_peak_mib >= 300  # a heap buffer is anonymous memory
+    assert set(res.model_dump()) == set(MEMORY) == {"rss_baseline_mib", "rss_peak_mib", "rss_anon_peak_mib",
+                                                    "rss_file_peak_mib", "weights_mib", "kv_cache_mib",
                                   "cuda_max_allocated_mib", "cuda_max_reserved_mib"}
 
 
@@ -200,3 +202,22 @@ def test_cuda_timing_and_peak_memory():
     lat = tracker.results[0]
     assert lat.n_out == 5 and 0 < lat.ttft_s < lat.e2e_s
     assert res.cuda_max_allocated_mib >= 256 and res.cuda_max_reserved_mib >= res.cuda_max_allocated_mib
+
+
+def test_an_mmapped_file_counts_as_file_backed_not_anonymous(tmp_path):
+    # what a GGUF on llama.cpp looks like: weights resident through the page cache, not the heap
+    import mmap
+
+    path = tmp_path / "weights.bin"
+    with open(path, "wb") as f:
+        f.truncate(200 * MIB)
+    with MemoryTracker() as mem:
+        mem.baseline()
+        with mem.track(), open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            total = sum(m[i] for i in range(0, len(m), 4096))  # touch every page
+            time.sleep(0.05)
+        res = mem.result()
+    assert total == 0
+    assert res.rss_file_peak_mib >= 0.9 * 200
+    assert res.rss_peak_mib - res.rss_baseline_mib >= 0.9 * 200  # the budget's memory includes it
+    assert res.rss_anon_peak_mib < res.rss_peak_mib - 0.9 * 200  # no heap copy of the file

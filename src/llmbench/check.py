@@ -289,6 +289,13 @@ def machine(params: Params, stage: str | None) -> None:
         prof = params.profile.resolved()
         device("profile.device", prof.device)
         threads("profile.threads", prof.threads)
+    if stage in (None, "profile", "quantize"):
+        backends = params.backends
+        threads("backends.llamacpp.threads", backends.llamacpp.threads)
+        if backends.llamacpp.enabled:
+            packages(("llama_cpp",), "params.yaml: backends.llamacpp.enabled")
+        if backends.transformers.enabled:
+            packages(("torch", "transformers"), "params.yaml: backends.transformers.enabled")
     if stage in (None, "infer"):
         threads("infer.threads", params.infer.threads)
     if stage in (None, "evaluate") and params.evaluate.include_path is not None:

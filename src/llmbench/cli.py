@@ -86,14 +86,16 @@ def run_stage(stage: str, main: Callable[..., None] | None, per_model: bool = Fa
         if phase != "check":
             phase = phase_of(stage, exc)
         _log_traceback(exc)
-        where = f"{stage}@{model}" if model else stage
-        print(f"error: {where}: {error_line(exc)}", file=sys.stderr)
+        # a user error names its key/file itself; a crash gets the stage, a model always
+        where = f"{stage}@{model}" if model else None if code == failures.EXIT_USER else stage
+        print(f"error: {where + ': ' if where else ''}{error_line(exc)}", file=sys.stderr)
         if params is not None and (model is not None or not per_model):
             try:  # a shared stage's record: model SHARED ("" in the file name: aggregate@.json)
                 rec = failures.make(stage, model or failures.SHARED, phase, exc, code)
                 failures.write(params.paths.failures, rec)
             except OSError as wexc:  # the exit code still tells dvc the stage failed
-                print(f"error: {where}: failure record not written: {error_line(wexc)}", file=sys.stderr)
+                print(f"error: {where or stage}: failure record not written: {error_line(wexc)}",
+                      file=sys.stderr)
         sys.exit(code)
     failures.clear(params.paths.failures, stage, model or failures.SHARED)
 

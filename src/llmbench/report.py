@@ -25,7 +25,9 @@ from llmbench.errors import UserError
 from llmbench.io import write_bytes_atomic
 from llmbench.reference import BENCHMARKS
 from llmbench.report_serving import ServingSection, capacity_exclusions
-from llmbench.results import (EvaluateResult, InferResult, ProfileResult, ProfileRow, Summary, SummaryRow,
+from llmbench.report_serving import outputs as serving_outputs
+from llmbench.report_deployments import gguf_facts, live, pick_rows, precision_table, speedups
+from llmbench.results import (EvaluateResult, GgufSet, InferResult, ProfileResult, ProfileRow, Summary, SummaryRow,
                               row_key)
 from llmbench.spec import METRICS, lookup
 from llmbench.tradeoff import (Recommendation, comparable, fingerprint_id, pareto_front, recommend,
@@ -79,28 +81,6 @@ def _txt(col: pd.Series) -> pd.Series:
     return col.astype(object).where(col.notna(), MISSING)
 
 
-def _live(ev: EvaluateResult | None, weights: str) -> tuple[str | None, dict[str, tuple[float, str]]]:
-    """(why skipped | None, task -> (value in %, cell text)). Random weights are never scored."""
-    if ev is None:
-        return None, {}
-    if weights == "random" or ev.weights == "random":
-        return "skipped (random weights)", {}
-    if ev.status != "ok":
-        return f"skipped ({ev.reason})", {}
-    out = {}
-    for task, r in ev.tasks.items():
-        metric = "acc_norm" if r.acc_norm is not None else "acc"
-        val, se = getattr(r, metric), getattr(r, f"{metric}_stderr")
-        if r.status != "ok" or val is None:
-            out[task] = (np.nan, f"no score ({r.reason})" if r.reason else "no score")
-            continue
-        lim = f", limit {r.limit}" if r.limit else ""
-        shots = "?" if r.num_fewshot is None else r.num_fewshot
-        out[task] = (100 * val, f"{100 * val:.1f}{'' if se is None else f' ±{100 * se:.1f}'} "
-                                f"({shots}-shot {metric}, n={r.n}{lim}, {r.suite})")
-    return None, out
-
-
 def _reference_row(reference: pd.DataFrame, ref_id: str | None, protocol: str | None) -> pd.Series | None:
     if not ref_id or reference is None or reference.empty:
         return None
@@ -116,6 +96,7 @@ def _reference_row(reference: pd.DataFrame, ref_id: str | None, protocol: str | 
 def _measured(r: ProfileRow) -> dict[str, Any]:
     """The SI numbers of one profiled row, under spec field names."""
     return {**{P50[m]: getattr(r, m).p50 for m in P50}, "rss_peak_mib": r.memory.rss_peak_mib,
+            "rss_anon_peak_mib": r.memory.rss_anon_peak_mib, "rss_file_peak_mib": r.memory.rss_file_peak_mib,
             "weights_mib": r.memory.weights_mib, "load_s": r.load_s,
             **{k: getattr(r.deployment, k) for k in ("backend", "precision", "attention")},
             **{k: getattr(r, k) for k in ("batch_size", "input_len", "output_len")},
@@ -123,44 +104,51 @@ def _measured(r: ProfileRow) -> dict[str, Any]:
 
 
 def _shapes(prof: ProfileResult, cost: float) -> list[dict]:
-    head, fp = prof.headline_row(), fingerprint_id(prof.fingerprint.model_dump())
+    fp = fingerprint_id(prof.fingerprint.model_dump())
+    shown = {id(r) for _, r, _, _ in pick_rows(prof) if r is not None}  # each deployment's report row
     rows = []
     for r in prof.results:
         if r.status == "ok":
             row = {"model": prof.model, "weights": prof.weights, **_measured(r), "fingerprint": fp,
-                   "headline": r is head}
+                   "headline": id(r) in shown}
             row["usd_per_mtok"] = usd_per_mtok(cost, row[P50["decode_tps"]])
             rows.append(row)
     return rows
 
 
-def _model_row(model: str, prof: ProfileResult | None, inf: InferResult | None, ev: EvaluateResult | None,
-               reference: pd.DataFrame, ref_id: str | None, protocol: str | None, cost: float) -> dict:
-    head = prof.headline_row() if prof else None
+def _model_rows(model: str, prof: ProfileResult | None, inf: InferResult | None, ev: EvaluateResult | None,
+                reference: pd.DataFrame, ref_id: str | None, protocol: str | None, cost: float,
+                gguf: Mapping[str, GgufSet]) -> list[dict]:
+    """One row per deployment of the model (report_deployments.pick_rows), or one row saying why
+    the model has none."""
     weights = prof.weights if prof else ev.weights if ev else "?"
-    if head is not None:
-        status, reason = "ok", None
-    elif prof is not None:
-        status, reason = "failed", prof.reason
-    else:
-        status, reason = "skipped", "not profiled (no profile result)"
-    row: dict[str, Any] = {"model": model, "weights": weights, "status": status, "reason": reason,
-                           "n_params": prof.info.n_params if prof else np.nan,
-                           "deployment": None, "reference_id": ref_id,
-                           "fingerprint": fingerprint_id(prof.fingerprint.model_dump()) if prof else None,
-                           "gen_tps": inf.gen_tps if inf else np.nan}
-    if head is not None:
-        row.update(_measured(head))
-    row = {k: np.nan if v is None and k not in ("reference_id", "fingerprint", "reason", "deployment",
-                                                "attention") else v for k, v in row.items()}
-    row["usd_per_mtok"] = usd_per_mtok(cost, row.get(P50["decode_tps"], np.nan))
+    base: dict[str, Any] = {"model": model, "weights": weights, "n_params": prof.info.n_params if prof else np.nan,
+                            "deployment": None, "reference_id": ref_id,
+                            "fingerprint": fingerprint_id(prof.fingerprint.model_dump()) if prof else None}
     ref = _reference_row(reference, ref_id, protocol)
     for col in (*BENCHMARKS, "average", "average_n", "protocol", "protocol_detail", "source", "note"):
-        row[f"ref_{col}"] = np.nan if ref is None else ref.get(col, np.nan)
-    row["live_skipped"], scores = _live(ev, weights)
-    for task, (val, text) in scores.items():
-        row[f"live_{task}"], row[f"live_{task}_text"] = val, text
-    return row
+        base[f"ref_{col}"] = np.nan if ref is None else ref.get(col, np.nan)
+    picked = pick_rows(prof) if prof else []
+    if not picked:
+        reason = prof.reason if prof else "not profiled (no profile result)"
+        picked = [(None, None, "failed" if prof else "skipped", reason)]
+    rows = []
+    for dep, r, status, reason in picked:
+        run = inf.run(dep) if inf and dep else None
+        row = {**base, "status": status, "reason": reason, "gen_tps": run.gen_tps if run else np.nan}
+        if dep is not None:
+            row.update({"deployment": dep.key, "backend": dep.backend, "precision": dep.precision,
+                        "attention": dep.attention, **gguf_facts(dict(gguf), dep)})
+        if r is not None:
+            row.update(_measured(r))
+        row = {k: np.nan if v is None and k not in ("reference_id", "fingerprint", "reason", "deployment",
+                                                    "attention", "gguf_origin") else v for k, v in row.items()}
+        row["usd_per_mtok"] = usd_per_mtok(cost, row.get(P50["decode_tps"], np.nan))
+        row["live_skipped"], scores = live(ev, dep, weights)
+        for task, (val, text) in scores.items():
+            row[f"live_{task}"], row[f"live_{task}_text"] = val, text
+        rows.append(row)
+    return rows
 
 
 def _quality_column(name: str, table: pd.DataFrame) -> str:
@@ -192,19 +180,23 @@ def _md_table(df: pd.DataFrame) -> str:
 def build_report(roster: list[str], profile: Mapping[str, ProfileResult], infer: Mapping[str, InferResult],
                  evaluate: Mapping[str, EvaluateResult], reference: pd.DataFrame | None, *, cost: Cost,
                  budget: Budget, report: Report, references: Mapping[str, str],
-                 failed: list[dict] = (), serving: ServingSection | None = None) -> ReportResult:
+                 failed: list[dict] = (), serving: ServingSection | None = None,
+                 gguf: Mapping[str, GgufSet] | None = None) -> ReportResult:
     """Join everything for the roster's models only (other files/rows are ignored). `failed`:
     llmbench.failures.failed_rows(...), one dict per model whose stage failed."""
     usd_h = cost.usd_per_hour
     reference = reference if reference is not None else pd.DataFrame(columns=["model_id", "protocol"])
-    rows = [_model_row(m, profile.get(m), infer.get(m), evaluate.get(m), reference, references.get(m),
-                       report.reference_protocol, usd_h) for m in roster]
+    gguf = {m: s for m, s in (gguf or {}).items() if m in roster}
+    rows = [row for m in roster for row in _model_rows(
+        m, profile.get(m), infer.get(m), evaluate.get(m), reference, references.get(m),
+        report.reference_protocol, usd_h, gguf)]
     table = pd.DataFrame(rows)
     for f in failed:  # a failed stage's row says which stage and why, not "not profiled"
         table.loc[table["model"] == f["model"], ["status", "reason"]] = ["failed", f["reason"]]
-    for col in SHAPE_KEYS:  # no model profiled (all failed): the report is still written
+    for col in (*SHAPE_KEYS, "rss_anon_peak_mib", "rss_file_peak_mib", "bits_per_weight", "gguf_mib",
+                "gguf_origin"):  # no model profiled (all failed): the report is still written
         if col not in table:
-            table[col] = None if col in ("backend", "precision", "attention") else np.nan
+            table[col] = None if col in ("backend", "precision", "attention", "gguf_origin") else np.nan
     table.index = [d if isinstance(d, str) else m for m, d in zip(table["model"], table["deployment"])]
     qcol = _quality_column(report.quality, table)
     latency = METRICS[report.latency].field("p50")
@@ -244,17 +236,17 @@ def build_report(roster: list[str], profile: Mapping[str, ProfileResult], infer:
             "the real models' published scores." if qcol.startswith("live_") else ""))
     shapes = pd.DataFrame([s for m in roster if m in profile for s in _shapes(profile[m], usd_h)],
                           columns=list(dict.fromkeys(c for cols in PLOT_CSVS.values() for c in cols)))
-    shapes["quality"] = shapes["model"].map(dict(zip(table["model"], table["quality"])))
-    on_front = dict(zip(table["model"], table["frontier"]))
-    shapes["frontier"] = shapes["model"].map(on_front).astype(bool) & shapes["headline"].astype(bool)
+    shapes["quality"] = shapes["deployment"].map(dict(zip(table["deployment"], table["quality"])))
+    on_front = dict(zip(table["deployment"], table["frontier"]))
+    shapes["frontier"] = shapes["deployment"].map(on_front).eq(True) & shapes["headline"].astype(bool)
     plot_data = {name: display(shapes.loc[:, list(cols)]) for name, cols in PLOT_CSVS.items()
                  if name != "tokps_per_model.csv"}
     plot_data["tokps_per_model.csv"] = display(table.loc[table[P50["decode_tps"]].notna(),
                                                          list(PLOT_CSVS["tokps_per_model.csv"])])
     figures = _figures(table, qcol, latency)
-    md = _markdown(table, qcol, latency, rec, budget, notes, usd_h, list(figures))
-    if serving is not None:  # endpoints under load (llmbench.report_serving)
-        md, figures, plot_data = md + serving.markdown, {**figures, **serving.figures}, {**plot_data, **serving.plot_data}
+    md = _markdown(table, qcol, latency, rec, budget, notes, usd_h, list(figures), gguf)
+    s_md, s_figs, s_csvs = serving_outputs(serving)  # endpoints under load (llmbench.report_serving)
+    md, figures, plot_data = md + s_md, {**figures, **s_figs}, {**plot_data, **s_csvs}
     return ReportResult(table, md, figures, plot_data, _summary(table, rec), qcol,
                         list(table.index[table["frontier"]]), rec, notes)
 
@@ -266,13 +258,15 @@ def _opt(v: Any) -> float | None:
 def _summary(table: pd.DataFrame, rec: Recommendation) -> Summary:
     rows = {}
     for key, r in table.iterrows():
+        attention = r["attention"] if isinstance(r["attention"], str) else None  # NaN for llamacpp rows
         dep = None if pd.isna(r["deployment"]) else {"model": r["model"], "backend": r["backend"],
-                                                      "precision": r["precision"], "attention": r["attention"]}
+                                                      "precision": r["precision"], "attention": attention}
         rows[key] = SummaryRow(
             deployment=dep, status=r["status"], reason=r["reason"] if isinstance(r["reason"], str) else None,
             **{k: _opt(r[k]) for k in ("n_params", "load_s", *(P50[m] for m in ("ttft_s", "tpot_s", "e2e_s",
                                                                                 "decode_tps")),
-                                        "rss_peak_mib", "usd_per_mtok", "quality", "ref_average")},
+                                        "rss_peak_mib", "rss_anon_peak_mib", "rss_file_peak_mib",
+                                        "bits_per_weight", "usd_per_mtok", "quality", "ref_average")},
             live={c[5:]: float(r[c]) for c in _live_cols(table) if pd.notna(r[c])},
             frontier=int(bool(r["frontier"])), recommended=int(key == rec.model))
     return Summary(rows=rows, frontier_size=int(table["frontier"].sum()), n_rows=len(table),
@@ -290,7 +284,7 @@ def _header(col: str) -> str:
 
 
 def _markdown(table: pd.DataFrame, qcol: str, latency: str, rec: Recommendation, budget: Budget,
-              notes: list[str], usd_h: float, pngs: list[str]) -> str:
+              notes: list[str], usd_h: float, pngs: list[str], gguf: Mapping[str, GgufSet] | None = None) -> str:
     t = table
     perf = pd.DataFrame({
         "model": t["model"], "weights": t["weights"],
@@ -299,10 +293,11 @@ def _markdown(table: pd.DataFrame, qcol: str, latency: str, rec: Recommendation,
         "batch": [_num(b, "{:.0f}") for b in t.get("batch_size", pd.Series(np.nan, t.index))]})
     for col, fmt in (("load_s", "{:.1f}"), (P50["ttft_s"], "{:.1f}"), (P50["tpot_s"], "{:.1f}"),
                      (P50["decode_tps"], "{:.1f}"), (P50["e2e_s"], "{:.1f}"), ("rss_peak_mib", "{:.0f}"),
-                     ("usd_per_mtok", "{:.3g}")):
+                     ("rss_anon_peak_mib", "{:.0f}"), ("rss_file_peak_mib", "{:.0f}"), ("usd_per_mtok", "{:.3g}")):
         perf[_header(col)] = _shown(t, col, fmt)
+    perf["quality"] = [_num(q, "{:.1f}") for q in t["quality"]]
     perf["env"] = _txt(t["fingerprint"])
-    qual = pd.DataFrame({"model": t["model"], "weights": t["weights"]})
+    qual = pd.DataFrame({"model": t["model"], "weights": t["weights"], "deployment": perf["deployment"]})
     for b in BENCHMARKS:
         qual[b] = t[f"ref_{b}"].map(lambda x: _num(x, "{:.2f}"))
     qual["average"] = [_num(a, "{:.2f}") + ("" if pd.isna(n) or n == len(BENCHMARKS) else
@@ -315,7 +310,9 @@ def _markdown(table: pd.DataFrame, qcol: str, latency: str, rec: Recommendation,
     lines = ["# llmbench report", "",
              f"Quality column: `{qcol}`; latency: {lat_h}; memory: peak RSS; cost at "
              f"{usd_h:g} USD/hour as usd_per_hour / (decode tok/s * 3600) * 1e6 at the batch size "
-             "shown. Each row is the model's headline deployment (model.backend.precision.attention).",
+             "shown. Each row is a deployment (model.backend.precision[.attention]) at batch 1 and the "
+             "smallest input length (else its first measured shape). Peak RSS = anonymous (heap) + "
+             "file-backed (mmapped files: a GGUF's weights) resident memory; the budget applies to it.",
              ""]
     if (t["weights"] == "random").any():
         lines += ["**Random weights:** for models marked `random`, latency and memory are measured "
@@ -323,7 +320,26 @@ def _markdown(table: pd.DataFrame, qcol: str, latency: str, rec: Recommendation,
                   f"columns marked *{REF_LABEL}* are published numbers for the real model, not "
                   "measured here.", ""]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
-    lines += ["## Measured on this machine", "", _md_table(perf), "",
+    lines += ["## Measured on this machine", "", _md_table(perf), ""]
+    fast = speedups(t, latency, P50["decode_tps"])
+    if fast:
+        lines += ["## What the fastest deployment buys", "",
+                  "Against transformers bf16 of the same model, in the same profile run (same batch, "
+                  "input length and threads); quality points are the quality column's.", "", *fast, ""]
+    if (t["backend"] == "llamacpp").any():
+        cols = {}
+        for col, fmt in ((P50["decode_tps"], "{:.1f}"), (P50["ttft_s"], "{:.1f}"), ("rss_peak_mib", "{:.0f}")):
+            cols[col] = _shown(t, col, fmt)
+        frame, disk = precision_table(t.assign(**{c: v for c, v in cols.items()}), {
+            c: _header(c) for c in cols} | {"quality": "quality"}, dict(gguf or {}))
+        frame["quality"] = frame["quality"].map(lambda q: _num(q, "{:.1f}"))
+        lines += ["## llama.cpp types", "", "Effective bits per weight = tensor bytes x 8 / weights (a "
+                  "K-quant falls back to other types on tensor widths not divisible by 256). `-from-` "
+                  "types are made from a shipped GGUF's weights, not from the original ones.", "",
+                  _md_table(frame), ""]
+        lines += (["Disk:", "", *disk, "", "`dvc gc -w` drops cache entries no longer used by the "
+                   "workspace (e.g. after editing backends.llamacpp.quantizations).", ""] if disk else [])
+    lines += [
               "## Quality", "", f"Benchmark columns are *{REF_LABEL}* scores (percent) for the "
               "model's id in params.yaml `references`; `live` columns are this run's lm-eval results.",
               "", _md_table(qual), ""]
@@ -350,6 +366,14 @@ def _label(ax, xs, ys, names) -> None:
         ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
 
 
+BACKEND_COLORS = {"transformers": "tab:blue", "llamacpp": "tab:orange"}
+
+
+def _short(t: pd.DataFrame) -> list[str]:
+    """Plot labels: the deployment key without the attention (model.backend.precision)."""
+    return [m if not isinstance(d, str) else ".".join(d.split(".")[:3]) for m, d in zip(t["model"], t["deployment"])]
+
+
 def _figures(t: pd.DataFrame, qcol: str, latency: str) -> dict[str, Figure]:
     figs = {}
     fig = Figure(figsize=(7, 4.5), dpi=110)
@@ -359,20 +383,21 @@ def _figures(t: pd.DataFrame, qcol: str, latency: str) -> dict[str, Figure]:
     ok[latency] = ok[latency] * lat_m.scale  # shown in the display unit (ms)
     lat_h = lat_m.header(lat_stat)
     for kind, marker in (("pretrained", "o"), ("random", "s")):
-        sel = ok[ok["weights"] == kind]
-        if len(sel):
-            ax.scatter(sel[latency], sel["quality"], marker=marker, s=40,
-                       facecolors="none" if kind == "random" else "tab:blue", edgecolors="tab:blue",
-                       label=f"{kind} weights" + (" (latency on real shape)" if kind == "random"
-                                                  else ""))
-    _label(ax, ok[latency], ok["quality"], ok["model"])
+        for backend, color in BACKEND_COLORS.items():
+            sel = ok[(ok["weights"] == kind) & (ok["backend"] == backend)]
+            if len(sel):
+                ax.scatter(sel[latency], sel["quality"], marker=marker, s=40,
+                           facecolors="none" if kind == "random" else color, edgecolors=color,
+                           label=f"{backend}, {kind} weights" + (" (latency on real shape)"
+                                                                 if kind == "random" else ""))
+    _label(ax, ok[latency], ok["quality"], _short(ok))
     ax.margins(0.15)  # room for the model labels
     fr = ok[ok["frontier"]].sort_values(latency)
     if len(fr):
         ax.step(fr[latency], fr["quality"], where="post", color="tab:red", lw=1.2,
                 label="Pareto frontier (quality, latency, memory)")
         ax.scatter(fr[latency], fr["quality"], s=90, facecolors="none", edgecolors="tab:red")
-    missing = [m for k, m in zip(t.index, t["model"]) if k not in ok.index]
+    missing = [m for k, m in zip(t.index, _short(t)) if k not in ok.index]
     if ok.empty:
         ax.text(0.5, 0.5, f"no model has both '{qcol}' and {lat_h}", ha="center",
                 transform=ax.transAxes)
@@ -389,9 +414,13 @@ def _figures(t: pd.DataFrame, qcol: str, latency: str) -> dict[str, Figure]:
     fig = Figure(figsize=(7, 4.5), dpi=110)
     ax = fig.add_subplot()
     mem = t[t["n_params"].notna() & t["rss_peak_mib"].notna()]
-    ax.scatter(mem["n_params"] / 1e6, mem["rss_peak_mib"], label="peak RSS MiB")
-    ax.scatter(mem["n_params"] / 1e6, mem["weights_mib"], marker="x", label="weights MiB")
-    _label(ax, mem["n_params"] / 1e6, mem["rss_peak_mib"], mem["model"])
+    for backend, color in BACKEND_COLORS.items():
+        sel = mem[mem["backend"] == backend]
+        if len(sel):
+            ax.scatter(sel["n_params"] / 1e6, sel["rss_peak_mib"], color=color, label=f"{backend}: peak RSS MiB")
+            ax.scatter(sel["n_params"] / 1e6, sel["weights_mib"], color=color, marker="x",
+                       label=f"{backend}: weights MiB")
+    _label(ax, mem["n_params"] / 1e6, mem["rss_peak_mib"], _short(mem))
     if len(mem) and (mem["n_params"] > 0).all():
         ax.set_xscale("log")
     ax.set(xlabel="parameters (millions)", ylabel="MiB", title="Memory vs parameters")
@@ -403,14 +432,14 @@ def _figures(t: pd.DataFrame, qcol: str, latency: str) -> dict[str, Figure]:
     ax = fig.add_subplot()
     tps = P50["decode_tps"]
     tp = t[t[tps].notna()].sort_values(tps)
-    bars = ax.barh([f"{m} (bs {_num(b, '{:.0f}')})" for m, b in zip(tp["model"], tp["batch_size"])],
-                   tp[tps], color="tab:green")
+    bars = ax.barh([f"{m} (bs {_num(b, '{:.0f}')})" for m, b in zip(_short(tp), tp["batch_size"])],
+                   tp[tps], color=[BACKEND_COLORS.get(b, "tab:gray") for b in tp["backend"]])
     for bar, kind in zip(bars, tp["weights"]):
         bar.set_hatch("//" if kind == "random" else "")
     ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.margins(x=0.12)
-    ax.set(xlabel="decode tokens/s (p50, headline shape; hatched = random weights)",
-           title="Decode throughput per model")
+    ax.set(xlabel="decode tokens/s (p50, batch 1; hatched = random weights; blue = transformers, "
+                  "orange = llama.cpp)", title="Decode throughput per deployment")
     fig.tight_layout()
     figs["tokps_per_model.png"] = fig
     return figs

@@ -179,6 +179,16 @@ def build(results: Mapping[str, ServeResult], endpoints: Mapping[str, Endpoint],
     return section
 
 
+def outputs(serving: ServingSection | None) -> tuple[str, dict[str, Figure], dict[str, pd.DataFrame]]:
+    """(markdown, figures, plot CSVs) the report adds. With no endpoint the plot files still
+    exist (an empty CSV, a placeholder PNG), so dvc.yaml's `plots:` entries always resolve."""
+    if serving is not None and serving.plot_data:
+        return serving.markdown, serving.figures, serving.plot_data
+    fig = Figure(figsize=(5, 1.5), dpi=80)
+    fig.text(0.5, 0.5, "no serve@ results (params.yaml endpoints)", ha="center", va="center")
+    return (serving.markdown if serving else ""), {PLOT_PNG: fig}, {PLOT_CSV: plot_rows({})}
+
+
 def section(params: Params) -> ServingSection | None:
     """The serving section for params.endpoints, or None when no endpoint is configured."""
     if not params.endpoints:
