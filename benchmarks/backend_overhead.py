@@ -1,5 +1,6 @@
-"""Does the llamacpp backend slow down what it runs? Decode tok/s of `LlamaLoaded.generate` (a
-callback per token that timestamps it, as the profile engine's timer does) vs a bare
+"""Does the profile engine on the llamacpp backend slow down what it runs? Decode tok/s of
+`profiling.profile_shape` on `LlamaLoaded` (the engine's TokenTimer via on_token, the RSS sampler
+process running) vs a bare
 llama-cpp-python `Llama.generate` greedy loop timed with perf_counter, same GGUF, shape and
 threads, same process, rounds interleaved so load drift hits both.
 
@@ -22,7 +23,12 @@ from pathlib import Path  # noqa: E402
 
 from llama_cpp import Llama  # noqa: E402
 
+from llmbench import profiling  # noqa: E402
 from llmbench.backends import llamacpp  # noqa: E402
+from llmbench.config import Profile  # noqa: E402
+from llmbench.trackers import MemoryTracker  # noqa: E402
+
+ONE_CALL = Profile(warmup=0, min_iterations=1, min_duration_s=0.0, max_iterations=1).resolved()
 
 PROMPT = "Explain, step by step, how a bicycle converts the rider's effort into forward motion. " * 4
 
@@ -37,10 +43,9 @@ def decode_tps(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
-def run_backend(m, ids: list[int], n_out: int) -> list[float]:
-    stamps: list[float] = []
-    m.generate([ids], n_out, on_token=lambda: stamps.append(time.perf_counter()))
-    return stamps
+def run_backend(m, ids: list[int], n_out: int, mem: MemoryTracker) -> float:
+    """Decode tok/s of one measured call through the profile engine."""
+    return profiling.profile_shape(m, [ids], n_out, ONE_CALL, mem)["decode_tps"]["p50"]
 
 
 def run_bare(llm: Llama, ids: list[int], n_out: int, tokens: list[int] | None = None) -> list[float]:
@@ -75,18 +80,20 @@ def main() -> None:
     b_out, r_out = m.generate([ids], a.n_out)[0], []  # also warms both
     run_bare(llm, ids, a.n_out, r_out)
     be, bare, ratios = [], [], []
+    mem = MemoryTracker().__enter__()
     for i in range(a.rounds):
         order = (run_backend, run_bare) if i % 2 == 0 else (run_bare, run_backend)
         got = {}
         for fn in order:
-            got[fn] = fn(m, ids, a.n_out) if fn is run_backend else fn(llm, ids, a.n_out)
-        tb, tr = decode_tps(got[run_backend]), decode_tps(got[run_bare])
+            got[fn] = fn(m, ids, a.n_out, mem) if fn is run_backend else decode_tps(fn(llm, ids, a.n_out))
+        tb, tr = got[run_backend], got[run_bare]
         be.append(tb), bare.append(tr), ratios.append(tb / tr)
         print(f"round {i:2d}: decode tok/s backend {tb:7.2f}  bare {tr:7.2f}  ratio {tb / tr:.3f}")
     mb, mr = statistics.median(be), statistics.median(bare)
     print(f"MEDIAN decode tok/s backend {mb:.2f} bare {mr:.2f}: ratio of medians {mb / mr:.3f}, "
           f"median of paired ratios {statistics.median(ratios):.3f} (goal >= 0.97); "
           f"same {a.n_out} greedy tokens: {b_out == r_out}; loadavg {os.getloadavg()[0]:.2f}")
+    mem.__exit__(None, None, None)
     m.close()
 
 

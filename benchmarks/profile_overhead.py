@@ -1,5 +1,6 @@
-"""Does the profiler slow down what it measures? Decode tok/s from the profile code (streamer
-timestamps, RSS sampler process running) vs a bare `model.generate` loop timed with
+"""Does the profiler slow down what it measures? Decode tok/s from the profile engine on the
+transformers backend (profiling.profile_shape -> backends.transformers: on_token timestamps per
+step, RSS sampler process running) vs a bare `model.generate` loop timed with
 perf_counter, same process, same model and shape, rounds interleaved so drift hits both.
 
 Bare decode tok/s = batch * (n_out - 1) / (median t(n_out tokens) - median t(1 token)).
@@ -24,6 +25,7 @@ import psutil
 import torch
 
 from llmbench import models, profiling
+from llmbench.backends import transformers as hf
 from llmbench.config import GgufPackageModel, Profile
 from llmbench.trackers import MemoryTracker, TokenTimer
 
@@ -63,8 +65,9 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     model, tok, _ = models.load(smollm2_dir(), dtype=a.dtype, attn_implementation="sdpa")
-    ids, _ = profiling.make_input_ids(profiling.token_stream(tok, [PROMPT]), a.batch, a.n_in,
-                                      model.get_input_embeddings().num_embeddings)
+    rows, _ = profiling.make_input_ids(profiling.token_stream(tok, [PROMPT]), a.batch, a.n_in,
+                                       model.get_input_embeddings().num_embeddings)
+    ids, loaded = torch.tensor(rows), hf.wrap(model, tok, precision=a.dtype)
     # One measured call per side per step, interleaved: on a shared 2-core box the load changes
     # by the second, so only neighbouring calls are comparable.
     cfg = Profile(warmup=0, min_iterations=1, min_duration_s=0.0, max_iterations=1).resolved()
@@ -75,7 +78,7 @@ def main() -> None:
     with MemoryTracker() as mem:
         bare_times(model, ids, a.n_out, 2)  # warm
         for i in range(a.steps):
-            p_tps = profiling.profile_shape(model, ids, a.n_out, cfg, mem)["decode_tps"]["p50"]
+            p_tps = profiling.profile_shape(loaded, rows, a.n_out, cfg, mem)["decode_tps"]["p50"]
             t_full, t_one = bare_times(model, ids, a.n_out, 1)[0], bare_times(model, ids, 1, 1)[0]
             b_tps = a.batch * (a.n_out - 1) / (t_full - t_one)
             prof_tps.append(p_tps), bare_tps.append(b_tps), ratios.append(p_tps / b_tps)
@@ -84,9 +87,10 @@ def main() -> None:
         sampler_cpu = sum(sampler.cpu_times()[:2]) / (time.time() - sampler.create_time())
     # Noise-free bounds on the two costs the profiler adds, as a share of a decode step
     timer, tokens = TokenTimer(), torch.zeros(a.batch, dtype=torch.long)
+    steps = hf._Steps(timer.tick)  # the backend's streamer around the engine's callback
     t0 = time.perf_counter()
     for _ in range(10_000):
-        timer.put(tokens.cpu())  # what generate() does per step when a streamer is given
+        steps.put(tokens.cpu())  # what generate() does per step when a streamer is given
     put_s = (time.perf_counter() - t0) / 10_000
     step_s = a.batch / statistics.median(bare_tps)
     print(f"streamer cost {put_s * 1e6:.1f} us/token = {put_s / step_s:.5%} of a {step_s * 1e3:.1f} ms decode step; "

@@ -34,17 +34,30 @@ def targets_for(params: Params, name: str):
             from llmbench.backends import llamacpp
 
             return llamacpp.load(Path(path), precision=precision, threads=threads, n_ctx=n_ctx, n_seq=n_seq,
-                                 flash_attn=cpp.flash_attn)
+                                 flash_attn=cpp.flash_attn, n_gpu_layers=cpp.n_gpu_layers)
         return load
 
     def build(grid):
+        attentions = list(grid.attentions)
+        if "sdpa" in attentions and "eager" not in attentions and not _supports_sdpa(prepared):
+            attentions.append("eager")  # measured too, so the model has a row (gpt-neo: no sdpa)
         out = [Target(Deployment(model=name, backend="transformers", precision=d, attention=a), hf_load(d, a))
-               for d in grid.dtypes for a in grid.attentions] if hf_on else []
+               for d in grid.dtypes for a in attentions] if hf_on else []
         out += [Target(Deployment(model=name, backend="llamacpp", precision=f.precision),
                        cpp_load(f.path, f.precision)) for f in files]
         return out
 
     return build
+
+
+def _supports_sdpa(prepared: Path) -> bool:
+    """Whether transformers implements sdpa attention for this architecture (a class property,
+    checked without loading weights); the sdpa row is still recorded as unsupported."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(prepared)
+    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    return bool(getattr(cls, "_supports_sdpa", True))
 
 
 def main(params: Params, name: str) -> None:
@@ -62,7 +75,8 @@ def main(params: Params, name: str) -> None:
                                   "backends": params.backends.model_dump(mode="json")},
                    weights=info.weights) as run:
         result = run_profile(targets_for(params, name), load_tokenizer(prepared), info, texts, cfg,
-                             progress=lambda msg: log_event(msg), kv_config=AutoConfig.from_pretrained(prepared))
+                             progress=lambda msg: log_event(msg), kv_config=AutoConfig.from_pretrained(prepared),
+                             runtimes=backends)
         write_result(out, result)
         run.log_metrics(profile_metrics(result))
         run.log_artifact(out)

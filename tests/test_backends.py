@@ -128,3 +128,56 @@ def test_llamacpp_memory_is_split_and_weights_are_the_gguf_tensor_bytes(swept, t
     # the F32 file is ~7x the Q4_K_M one; the kv cache of F32 runs in f32 (2x f16)
     assert rows["F32", 1].memory.weights_mib > 5 * rows["Q4_K_M", 1].memory.weights_mib
     assert rows["F32", 1].memory.kv_cache_mib == pytest.approx(2 * rows["Q4_K_M", 1].memory.kv_cache_mib)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_batched_scoring_with_a_shared_context_equals_one_request_at_a_time(arch, hf):
+    # gemma3: sliding-window layers (window 4 < the 9-token context) in the shared KV cache
+    if arch == "gemma3":
+        cfg = transformers.Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
+                                            num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                            head_dim=32, sliding_window=4, max_position_embeddings=64)
+        torch.manual_seed(0)
+        loaded = T.wrap(transformers.Gemma3ForCausalLM(cfg).eval(), None, precision="float32")
+    else:
+        loaded = hf
+    ctx = [1, 5, 9, 30, 31, 7, 8, 9, 10]
+    pairs = [(ctx, [40]), (ctx, [41, 42, 43]), (ctx, [44, 45]), ([1, 2], [3, 4]), ([1], [6])]
+    many = loaded.loglikelihood_many(pairs)
+    for (c, x), (ll, greedy) in zip(pairs, many):
+        one, one_greedy = loaded.loglikelihood(c, x)
+        assert ll == pytest.approx(one, abs=1e-4) and greedy == one_greedy
+
+
+def test_a_model_without_a_gguf_keeps_the_fingerprint_of_the_enabled_backends(tiny):
+    # gpt-neo has no GGUF: only transformers runs, but the report must still compare it with
+    # the models that ran on llama.cpp too (same machine, same builds)
+    tok = transformers.AutoTokenizer.from_pretrained(tiny["hf"])
+    factory = lambda d, a: transformers.AutoModelForCausalLM.from_pretrained(tiny["hf"], dtype=torch.float32)  # noqa: E731
+    cfg = Profile(**{**FAST, "batch_sizes": [1], "bandwidth_mib": 0}).resolved()
+    out = profiling.run_profile(profiling.transformers_targets("tiny", factory, tok), tok, INFO, ["a b c d"], cfg,
+                                runtimes=["transformers", "llamacpp"])
+    assert out.fingerprint.llama_cpp.startswith("0.3.36") and out.protocol.backends == ["transformers"]
+    alone = profiling.run_profile(profiling.transformers_targets("tiny", factory, tok), tok, INFO, ["a b c d"], cfg)
+    assert alone.fingerprint.llama_cpp is None
+
+
+def test_a_model_without_sdpa_is_also_measured_with_eager(tmp_path):
+    import sys
+
+    from llmbench import models
+    from llmbench.config import RandomModel, parse_params
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    from stages.profile import targets_for
+
+    for name, cfg in (("neo", "gpt-neo-125m"), ("gpt2", "tiny-gpt2")):
+        models.prepare(name, RandomModel(source="random", config=cfg), tmp_path / name)
+    params = parse_params({"roster": ["neo", "gpt2"], "paths": {"models": str(tmp_path)},
+                           "models": {"neo": {"source": "random", "config": "gpt-neo-125m"},
+                                      "gpt2": {"source": "random", "config": "tiny-gpt2"}},
+                           "backends": {"llamacpp": {"enabled": False}}})
+    grid = params.profile.resolved()  # cpu-small: sdpa only
+    keys = {n: [t.deployment.key for t in targets_for(params, n)(grid)] for n in ("neo", "gpt2")}
+    assert keys["neo"] == [f"neo.transformers.{d}.{a}" for d in ("float32", "bfloat16") for a in ("sdpa", "eager")]
+    assert keys["gpt2"] == [f"gpt2.transformers.{d}.sdpa" for d in ("float32", "bfloat16")]

@@ -325,6 +325,7 @@ class LlamaCppBackend(_Strict):
     # dequantized weights, labelled "<type>-from-<shipped type>" (not the same as the original's)
     requantize_shipped: bool = False
     flash_attn: bool | None = None  # null: llama.cpp's own choice
+    n_gpu_layers: int | None = Field(None, ge=-1)  # a CUDA/Metal build: layers offloaded (-1 all); null: default
 
 
 class Backends(_Strict):

@@ -212,11 +212,13 @@ def _sweep_one(loaded: Loaded, dep: Deployment, load_s: float, grid: ResolvedPro
 
 def run_profile(targets: Callable[[ResolvedProfile], Sequence[Target]], tokenizer, info,
                 prompt_texts: Sequence[str], cfg: ResolvedProfile, progress: Callable[[str], None] | None = None,
-                kv_config=None) -> ProfileResult:
+                kv_config=None, runtimes: Sequence[str] | None = None) -> ProfileResult:
     """Profile one model over targets(grid): the deployments to sweep for the model's grid (its
     dtypes/attentions for transformers, its GGUF types for llamacpp). info: the model's
     ModelInfo (llmbench.models). cfg: params.profile.resolved(). tokenizer: the prepared
-    folder's (the same ids for every backend). kv_config: the HF config, for KV-cache sizes."""
+    folder's (the same ids for every backend). kv_config: the HF config, for KV-cache sizes.
+    runtimes: the enabled backends, for the fingerprint (default: the targets'): a model without a
+    GGUF must keep the fingerprint of the models that have one, or the report refuses to compare."""
     import torch
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -226,13 +228,14 @@ def run_profile(targets: Callable[[ResolvedProfile], Sequence[Target]], tokenize
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return _run(targets, tokenizer, ModelFacts.of(info), prompt_texts, cfg, progress or log.info, kv_config)
+        return _run(targets, tokenizer, ModelFacts.of(info), prompt_texts, cfg, progress or log.info, kv_config,
+                    runtimes)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _run(targets_for, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedProfile, say, kv_config
-         ) -> ProfileResult:
+def _run(targets_for, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedProfile, say, kv_config,
+         runtimes) -> ProfileResult:
     import torch
 
     load_before = os.getloadavg()[0]
@@ -277,7 +280,8 @@ def _run(targets_for, tokenizer, facts: ModelFacts, prompt_texts, c: ResolvedPro
         status="ok" if head else "failed",
         reason=None if head else f"no shape ran: {first_bad.reason if first_bad else 'empty grid'}",
         model=facts.name, weights=facts.weights, info=facts,
-        fingerprint=fingerprint(device, sorted({t.deployment.backend for t in targets})), copy_gbps=bw,
+        fingerprint=fingerprint(device, runtimes if runtimes is not None else
+                                {t.deployment.backend for t in targets}), copy_gbps=bw,
         results=rows, headline=head,
         protocol=ProfileProtocol(
             preset=c.preset,

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from llmbench.results import Deployment, EvaluateResult, EvaluateRun, GgufSet, ProfileResult, ProfileRow
+from llmbench.spec import METRICS
 
 MISSING = "—"
 BASELINE = ("transformers", "bfloat16")  # what the speed-up is stated against (today's default)
@@ -108,7 +109,7 @@ def speedups(t: pd.DataFrame, latency: str, decode: str) -> list[str]:
             acc = f", {best['quality'] - base['quality']:+.1f} quality points"
         elif best["weights"] == "random":
             acc = " (random weights: no accuracy)"
-        lat = (f", {latency} x{best[latency] / base[latency]:.2f}"
+        lat = (f", {METRICS[latency.rsplit('_', 1)[0]].label} p50 x{best[latency] / base[latency]:.2f}"
                if pd.notna(best[latency]) and base[latency] else "")
         lines.append(f"- **{model}**: fastest is `{best.name}`: {best[decode] / base[decode]:.1f}x decode "
                      f"vs transformers bf16{acc}{lat} ({shape}).")

@@ -72,6 +72,35 @@ def standin_sentencepiece() -> bytes:
     return buf.getvalue()
 
 
+_LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def _probe(prepared: Path, man: dict, scratch: Path) -> None:
+    """Random weights of a 1-layer copy of the config through the converter first: an
+    architecture it cannot map fails in seconds, before GBs of weights are made (falcon-rw-1b)."""
+    import json
+
+    from llmbench.backends import gguf as G
+
+    config = json.loads((prepared / "config.json").read_text())
+    keys = [k for k in _LAYER_KEYS if k in config]
+    if not keys:
+        return
+    small = scratch / "probe"
+    small.mkdir()
+    for f in prepared.iterdir():
+        if f.is_file() and f.name != "config.json":
+            shutil.copy(f, small / f.name)
+    (small / "config.json").write_text(json.dumps({**config, **{k: 1 for k in keys}}))
+    try:
+        hf, _ = _hf_source(small, man, scratch / "probe-hf", seed=0)
+    except Exception:  # noqa: BLE001 - a config that cannot shrink (gpt-neo's layer list): no probe
+        return
+    G.convert(hf, scratch / "probe.gguf", "f16")  # Unsupported propagates; the real run is skipped
+    shutil.rmtree(scratch / "probe-hf", ignore_errors=True)
+    (scratch / "probe.gguf").unlink(missing_ok=True)
+
+
 def _hf_source(prepared: Path, man: dict, scratch: Path, seed: int) -> tuple[Path, str]:
     """(HF folder the converter reads, label of the tokenizer that goes into the GGUF)."""
     from llmbench import models
@@ -149,9 +178,12 @@ def _convert_all(prepared, man, tmp, out_dir, todo, shipped_type, seed, threads,
     files = []
     with tempfile.TemporaryDirectory(prefix=".convert-", dir=tmp.parent) as scratch:
         t0 = time.perf_counter()
-        hf, tok = _hf_source(prepared, man, Path(scratch), seed)
         base = Path(scratch) / f"{BASE}.gguf"
+        tok = man["tokenizer"]
         try:
+            if man["weights"] == "random":
+                _probe(prepared, man, Path(scratch))
+            hf, tok = _hf_source(prepared, man, Path(scratch), seed)
             G.convert(hf, base, FLOAT_TYPES[BASE])
         except G.Unsupported as exc:
             return [GgufFile(status="unsupported", reason=exc.reason, precision=label(t), type_name=t,
@@ -216,6 +248,6 @@ def deployments(params, name: str, hf_precision: str, n_ctx: int, n_seq: int = 1
 
                 return llamacpp.load(Path(f.path), precision=f.precision, threads=threads,
                                      n_ctx=min(n_ctx, f.context_length or n_ctx), n_seq=n_seq,
-                                     flash_attn=cpp.flash_attn)
+                                     flash_attn=cpp.flash_attn, n_gpu_layers=cpp.n_gpu_layers)
             out.append((Deployment(model=name, backend="llamacpp", precision=f.precision), cpp_load))
     return out

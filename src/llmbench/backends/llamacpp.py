@@ -105,7 +105,8 @@ def inspect_gguf(path: str | Path) -> GgufInfo:
 
 # ---------------------------------------------------------------- loading
 def load(path: str | Path, *, precision: str | None = None, threads: int | None = None,
-         n_ctx: int, n_seq: int = 1, flash_attn: bool | None = None) -> LlamaLoaded:
+         n_ctx: int, n_seq: int = 1, flash_attn: bool | None = None,
+         n_gpu_layers: int | None = None) -> LlamaLoaded:
     """Load a GGUF for sequences of up to n_ctx tokens (n_in + n_out), up to n_seq at once.
 
     flash_attn None = llama.cpp's own default (auto); an F32 file always runs without it."""
@@ -116,6 +117,8 @@ def load(path: str | Path, *, precision: str | None = None, threads: int | None 
         raise UserError(f"{path.name}: n_ctx must be >= 2 and n_seq >= 1 (got {n_ctx}, {n_seq})")
     _init_backend()
     mparams = llama_cpp.llama_model_default_params()
+    if n_gpu_layers is not None:  # only a GPU build (CMAKE_ARGS=-DGGML_CUDA=on) has layers to offload
+        mparams.n_gpu_layers = -1 if n_gpu_layers < 0 else n_gpu_layers
     try:
         model = _internals.LlamaModel(path_model=str(path), params=mparams, verbose=False)
     except ValueError:

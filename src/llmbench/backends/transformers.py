@@ -124,8 +124,42 @@ class HFLoaded:
         return total, bool((logp.argmax(-1) == target).all())
 
     def loglikelihood_many(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
-        """loglikelihood of several (context, continuation) pairs in one right-padded forward
-        (causal attention: padding after a sequence cannot change its logits)."""
+        """loglikelihood of several (context, continuation) pairs. Pairs that share a context (the
+        choices of a multiple-choice item) run the context once and the continuations as one
+        batch on its KV cache; the rest go through one right-padded forward."""
+        out: list[tuple[float, bool] | None] = [None] * len(pairs)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (c, x) in enumerate(pairs):
+            fits = not self.n_ctx or len(c) + len(x) <= self.n_ctx
+            groups.setdefault(tuple(c) if fits and len(c) > 1 else (-1 - i,), []).append(i)
+        rest = []
+        for ctx, idx in groups.items():
+            if len(idx) == 1:
+                rest += idx
+                continue
+            for i, ans in zip(idx, self._shared_context(list(ctx), [pairs[i][1] for i in idx])):
+                out[i] = ans
+        for i, ans in zip(rest, self._padded([pairs[i] for i in rest]) if rest else []):
+            out[i] = ans
+        return out  # type: ignore[return-value]
+
+    def _shared_context(self, ctx: list[int], conts: list[list[int]]) -> list[tuple[float, bool]]:
+        width = max(len(x) for x in conts)
+        # the last context token goes with the continuations: its logits predict their first token;
+        # padding at the end cannot reach earlier positions (causal), so no mask is needed
+        inp = torch.tensor([[ctx[-1]] + x + [self.pad_id] * (width - len(x)) for x in conts], device=self.device)
+        with torch.inference_mode():
+            cache = self.model(torch.tensor([ctx[:-1]], device=self.device), use_cache=True).past_key_values
+            cache.batch_repeat_interleave(len(conts))
+            logits = self.model(inp, past_key_values=cache, use_cache=True).logits
+        out = []
+        for row, x in enumerate(conts):
+            logp = torch.log_softmax(logits[row, :len(x)].double(), -1)
+            target = torch.tensor(x, device=logp.device)
+            out.append((float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())))
+        return out
+
+    def _padded(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         fulls = [(list(c) + list(x))[-(self.n_ctx + 1):] if self.n_ctx else list(c) + list(x) for c, x in pairs]
         width = max(len(f) for f in fulls) - 1
         inp = torch.tensor([f[:-1] + [self.pad_id] * (width - len(f) + 1) for f in fulls], device=self.device)
