@@ -114,8 +114,8 @@ def test_large_model_grid():
     small, reduced = r.for_model(1000)
     assert small is r and not reduced
     big, reduced = r.for_model(1001)
-    assert reduced and (big.batch_sizes, big.attentions) == ((1,), ("sdpa",))
-    assert (big.input_lens, big.dtypes) == (r.input_lens, r.dtypes)  # keys not overridden stay
+    assert reduced and (big.batch_sizes, big.attentions, big.dtypes) == ((1,), ("sdpa",), ("bfloat16",))
+    assert (big.input_lens, big.output_len) == (r.input_lens, r.output_len)  # keys not overridden stay
     assert r.for_model(None) == (r, False)  # unknown size: full grid
     custom = Profile(large_model_params=10, batch_sizes=[1, 4],
                      large_model_overrides={"dtypes": ["bfloat16"]}).resolved()

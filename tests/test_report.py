@@ -244,7 +244,7 @@ def test_written_files_pngs_csvs_summary(runs, reference, tmp_path):
     assert summary.rows[key("neo")].usd_per_mtok == pytest.approx(2.0)
     assert summary.rows[key("neo")].tpot_s_p50 == pytest.approx(0.020)  # files keep SI units
     assert summary.rows[key("smol")].live == {"llmbench_smoke": pytest.approx(37.5)}
-    assert fingerprint_id(FP) in md
+    assert fingerprint_id(next(iter(prof.values())).fingerprint.model_dump()) in md  # the env column
 
 
 def _plots_block(repo) -> list:

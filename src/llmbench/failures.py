@@ -135,6 +135,8 @@ def stage_outputs(params: Params) -> dict[str, Callable[[str], Path]]:
         "infer": p.infer_json,
         "profile": p.profile_json,
         "evaluate": p.evaluate_json,
+        "quantize": p.gguf_json,
+        "serve": p.serve_json,
         "fetch-dataset": lambda _: Path(p.reference) / "reference.csv",
         "generate-prompts": lambda _: Path(p.prompts),
         "aggregate": lambda _: p.summary_json,

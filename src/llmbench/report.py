@@ -321,6 +321,8 @@ def _markdown(table: pd.DataFrame, qcol: str, latency: str, rec: Recommendation,
                   "measured here.", ""]
     lines += [f"> {n}" for n in notes] + ([""] if notes else [])
     lines += ["## Measured on this machine", "", _md_table(perf), ""]
+    bad = t[(t["status"] != "ok") & t["deployment"].map(lambda d: isinstance(d, str))]
+    lines += [f"- `{k}`: {r['status']} ({r['reason']})" for k, r in bad.iterrows()] + ([""] if len(bad) else [])
     fast = speedups(t, latency, P50["decode_tps"])
     if fast:
         lines += ["## What the fastest deployment buys", "",

@@ -184,9 +184,11 @@ def outputs(serving: ServingSection | None) -> tuple[str, dict[str, Figure], dic
     exist (an empty CSV, a placeholder PNG), so dvc.yaml's `plots:` entries always resolve."""
     if serving is not None and serving.plot_data:
         return serving.markdown, serving.figures, serving.plot_data
-    fig = Figure(figsize=(5, 1.5), dpi=80)
-    fig.text(0.5, 0.5, "no serve@ results (params.yaml endpoints)", ha="center", va="center")
-    return (serving.markdown if serving else ""), {PLOT_PNG: fig}, {PLOT_CSV: plot_rows({})}
+    fig = Figure(figsize=(7, 3), dpi=100)
+    fig.text(0.5, 0.5, "no serve@ results (params.yaml endpoints)", ha="center", va="center", fontsize=16)
+    note = ("## Serving\n\nNo serve@ results: params.yaml `endpoints` is empty or its stages did not "
+            f"run.\n\n![serving](plots/{PLOT_PNG})\n")
+    return (serving.markdown if serving else "") + note, {PLOT_PNG: fig}, {PLOT_CSV: plot_rows({})}
 
 
 def section(params: Params) -> ServingSection | None:

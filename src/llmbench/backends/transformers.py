@@ -149,9 +149,9 @@ class HFLoaded:
         # padding at the end cannot reach earlier positions (causal), so no mask is needed
         inp = torch.tensor([[ctx[-1]] + x + [self.pad_id] * (width - len(x)) for x in conts], device=self.device)
         with torch.inference_mode():
-            cache = self.model(torch.tensor([ctx[:-1]], device=self.device), use_cache=True).past_key_values
+            cache = self.model(torch.tensor([ctx[:-1]], device=self.device), use_cache=True).cache
             cache.batch_repeat_interleave(len(conts))
-            logits = self.model(inp, past_key_values=cache, use_cache=True).logits
+            logits = self.model(inp, cache=cache, use_cache=True).logits
         out = []
         for row, x in enumerate(conts):
             logp = torch.log_softmax(logits[row, :len(x)].double(), -1)
