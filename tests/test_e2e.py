@@ -64,6 +64,9 @@ def merge(params: dict, over: dict) -> dict:
 def pipeline(tmp_path_factory, repo):
     work = copy_repo(repo, tmp_path_factory.mktemp("e2e") / "repo")
     params = merge(yaml.safe_load((work / "params.yaml").read_text()), SMALL)
+    # serve@ has coarse deps (every prepared model: README "Serving") and its own e2e test
+    # (test_serve_stage.py); here it would blur which stages one model's edit reruns
+    params["endpoints"] = {}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{BIN}:{env['PATH']}"
@@ -83,9 +86,17 @@ def test_every_output_exists_and_is_valid(pipeline):
     prompts = [json.loads(x) for x in at(paths.prompts).read_text().splitlines()]
     assert len(prompts) == 4
     infer = read_result(at(paths.infer_json("smollm2")), InferResult)
-    assert infer.status == "ok" and infer.generated_tokens > 0 and infer.weights == "pretrained"
+    assert infer.status == "ok" and infer.weights == "pretrained"
+    # a gguf-package model runs on both runtimes: its dequantized weights and the shipped GGUF
+    assert {r.deployment.backend for r in infer.runs if r.status == "ok"} == {"transformers", "llamacpp"}
+    assert all(r.generated_tokens > 0 for r in infer.runs if r.status == "ok")
     outputs = [json.loads(x) for x in at(paths.infer_jsonl("smollm2")).read_text().splitlines()]
-    assert [o["prompt_id"] for o in outputs] == [p["id"] for p in prompts]
+    by_dep: dict[str, list] = {}
+    for o in outputs:
+        by_dep.setdefault(json.dumps(o["deployment"], sort_keys=True), []).append(o)
+    assert len(by_dep) == len([r for r in infer.runs if r.status == "ok"])
+    for rows in by_dep.values():  # every deployment answered every prompt, in order
+        assert [o["prompt_id"] for o in rows] == [p["id"] for p in prompts]
     assert all(0 < o["n_out"] <= 8 and o["ttft_s"] <= o["e2e_s"] for o in outputs)
     skipped = read_result(at(paths.infer_json("tiny-gpt2")), InferResult)
     assert skipped.status == "skipped" and "random" in skipped.reason
@@ -95,7 +106,10 @@ def test_every_output_exists_and_is_valid(pipeline):
     ev = read_result(at(paths.evaluate_json("tiny-gpt2")), EvaluateResult)
     assert ev.status == "skipped"
     ev = read_result(at(paths.evaluate_json("smollm2")), EvaluateResult)
-    assert ev.status == "ok" and ev.tasks["llmbench_smoke"].n == 8
+    assert ev.status == "ok"
+    scored = [r for r in ev.runs if r.status == "ok"]
+    assert {r.deployment.backend for r in scored} == {"transformers", "llamacpp"}
+    assert all(r.tasks["llmbench_smoke"].n == 8 for r in scored)
     assert read_result(at(paths.summary_json), Summary).rows
     report = at(paths.report_md).read_text()
     assert "smollm2" in report and "tiny-gpt2" in report and "random" in report
@@ -110,7 +124,7 @@ def test_mlflow_one_run_per_stage_and_model(pipeline):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     names = sorted(r.info.run_name for r in runs)
     expected = sorted(["fetch-dataset", "generate-prompts", "aggregate"] +
-                      [f"{s}@{m}" for s in ("prepare", "infer", "profile", "evaluate")
+                      [f"{s}@{m}" for s in ("prepare", "quantize", "infer", "profile", "evaluate")
                        for m in ("smollm2", "tiny-gpt2")])
     assert names == expected
     commits = {r.data.tags["git_commit"] for r in runs}
@@ -134,5 +148,8 @@ def test_second_repro_is_a_noop_a_reference_fix_reruns_only_aggregate(pipeline):
     # a measured fact: one model's spec reruns that model's stages (and the report), nothing else
     params["models"]["tiny-gpt2"]["chat"] = False
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(run(["dvc", "repro"], work, env)) == {
-        "prepare@tiny-gpt2", "infer@tiny-gpt2", "profile@tiny-gpt2", "evaluate@tiny-gpt2", "aggregate"}
+    reran = ran(run(["dvc", "repro"], work, env))
+    # quantize@tiny-gpt2 reruns only if prepare's output changed; nothing of smollm2 reruns
+    assert {"prepare@tiny-gpt2", "infer@tiny-gpt2", "profile@tiny-gpt2", "evaluate@tiny-gpt2",
+            "aggregate"} <= reran <= {"prepare@tiny-gpt2", "quantize@tiny-gpt2", "infer@tiny-gpt2",
+                                      "profile@tiny-gpt2", "evaluate@tiny-gpt2", "aggregate"}
