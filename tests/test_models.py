@@ -89,4 +89,7 @@ def test_smollm2_gguf_package(tmp_path):
     assert time.perf_counter() - t0 < 10  # converted once: reloads in seconds
     assert info.n_params == 134_515_008 and info.weights == "pretrained"
     assert tok.pad_token == tok.eos_token == "<|im_end|>"
-    assert not list((tmp_path / "s").glob("*.gguf"))
+    # the shipped file stays beside the dequantized weights: llama.cpp runs it as shipped
+    kept = list((tmp_path / "s").glob("*.gguf"))
+    assert [p.name for p in kept] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]
+    assert kept[0].stat().st_size > 50 * 2**20  # the whole file, not a stub
