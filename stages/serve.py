@@ -37,7 +37,7 @@ def main(params: Params, argv: list[str] | None = None) -> None:
         # a roster without the served model (e.g. CI's, or a sweep) has no GGUF to serve: say so
         # in the result rather than fail the run
         write_result(params.paths.serve_json(name), ServeResult(
-            endpoint=name, target=f"managed:{deployment(ep.managed).key}", model=ep.model, api=ep.api,
+            endpoint=name, target=f"managed:{deployment(ep.managed).key}", model=ep.model or ep.managed.model, api=ep.api,
             revision=ep.revision, status="skipped", slo=params.slo,
             reason=f"managed model '{ep.managed.model}' is not in the roster",
             max_error_rate=params.serve.max_error_rate, max_tokens=params.serve.max_tokens,
