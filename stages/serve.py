@@ -33,18 +33,19 @@ def main(params: Params, argv: list[str] | None = None) -> None:
     # a managed GGUF of a random-init model serves noise: the tag says so, as on local runs
     weights = ("remote" if ep.managed is None else
                "random" if params.models[ep.managed.model].source == "random" else "pretrained")
-    if ep.managed is not None and ep.managed.model not in params.roster:
-        # a roster without the served model (e.g. CI's, or a sweep) has no GGUF to serve: say so
-        # in the result rather than fail the run
-        write_result(params.paths.serve_json(name), ServeResult(
-            endpoint=name, target=f"managed:{deployment(ep.managed).key}", model=ep.model or ep.managed.model, api=ep.api,
-            revision=ep.revision, status="skipped", slo=params.slo,
-            reason=f"managed model '{ep.managed.model}' is not in the roster",
-            max_error_rate=params.serve.max_error_rate, max_tokens=params.serve.max_tokens,
-            fixed_length=ep.fixed_length))
-        log_event("serve skipped", reason="managed model not in the roster")
-        return
     with stage_run("serve", name, params, logged_params=logged, weights=weights) as run:
+        if ep.managed is not None and ep.managed.model not in params.roster:
+            # a roster without the served model (e.g. CI's, or a sweep) has no GGUF to serve: say so
+            # in the result rather than fail the run
+            write_result(params.paths.serve_json(name), ServeResult(
+                endpoint=name, target=f"managed:{deployment(ep.managed).key}",
+                model=ep.model or ep.managed.model, api=ep.api, revision=ep.revision, status="skipped", slo=params.slo,
+                reason=f"managed model '{ep.managed.model}' is not in the roster",
+                max_error_rate=params.serve.max_error_rate, max_tokens=params.serve.max_tokens,
+                fixed_length=ep.fixed_length))
+            log_event("serve skipped", reason="managed model not in the roster")
+            run.set_tag("serve.status", "skipped")
+            return
         if ep.managed is not None:
             run.set_tag("deployment", deployment(ep.managed).key)
         result = measure(params, name, logs)
