@@ -37,7 +37,7 @@ def main(params: Params, argv: list[str] | None = None) -> None:
         if ep.managed is not None and ep.managed.model not in params.roster:
             # a roster without the served model (e.g. CI's, or a sweep) has no GGUF to serve: say so
             # in the result rather than fail the run
-            write_result(params.paths.serve_json(name), ServeResult(
+            out = write_result(params.paths.serve_json(name), ServeResult(
                 endpoint=name, target=f"managed:{deployment(ep.managed).key}",
                 model=ep.model or ep.managed.model, api=ep.api, revision=ep.revision, status="skipped", slo=params.slo,
                 reason=f"managed model '{ep.managed.model}' is not in the roster",
@@ -45,6 +45,7 @@ def main(params: Params, argv: list[str] | None = None) -> None:
                 fixed_length=ep.fixed_length))
             log_event("serve skipped", reason="managed model not in the roster")
             run.set_tag("serve.status", "skipped")
+            run.log_artifact(out)
             return
         if ep.managed is not None:
             run.set_tag("deployment", deployment(ep.managed).key)
