@@ -42,7 +42,8 @@ def _early_check() -> None:
 
         saved, sys.argv = sys.argv, [argv[i + 1], *argv[i + 2:]]
         try:
-            run_stage(stage, None, per_model=stage != "aggregate")
+            run_stage(stage, None, per_model=stage == "prepare",
+                      per_backend=stage in ("infer", "profile", "evaluate"))
         finally:
             sys.argv = saved
 

@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Callable
 
 from llmbench.cli import run_stage
+from llmbench.combine import per_model
 from llmbench.config import Params
 from llmbench.failures import failed_rows, live_failures
 from llmbench.logs import log_event
@@ -22,9 +23,10 @@ def main(params: Params) -> None:
     paths, roster = params.paths, params.roster
     cfg = params.model_dump(mode="json", include={"cost", "budget", "report", "references"})
     with stage_run("aggregate", None, params, logged_params=cfg) as run:
-        result = build_report(list(roster), _per_model(paths.profile_json, roster, ProfileResult),
-                              _per_model(paths.infer_json, roster, InferResult),
-                              _per_model(paths.evaluate_json, roster, EvaluateResult),
+        ids = params.backends.ids()
+        result = build_report(list(roster), per_model(paths.profile_json, roster, ids, ProfileResult),
+                              per_model(paths.infer_json, roster, ids, InferResult),
+                              per_model(paths.evaluate_json, roster, ids, EvaluateResult),
                               load_reference(Path(paths.reference)), cost=params.cost,
                               budget=params.budget, report=params.report, references=params.references,
                               failed=failed_rows(live_failures(params)), serving=serving_section(params),

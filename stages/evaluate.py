@@ -1,6 +1,6 @@
-"""evaluate@<model>: live accuracy with lm-evaluation-harness on every deployment of the model
-(transformers at evaluate.dtype, llamacpp at each GGUF), one scorer for all (evaluate.make_lm);
-random weights are skipped."""
+"""evaluate-<backend>@<model>: live accuracy with lm-evaluation-harness on the model's
+deployments on one backend (transformers at evaluate.dtype, llamacpp at each GGUF), one scorer
+for all (evaluate.make_lm); random weights are skipped."""
 import time
 
 from llmbench.cli import run_stage
@@ -17,23 +17,26 @@ from llmbench.tracking import stage_run
 SCORING_CTX = 2048
 
 
-def main(params: Params, name: str) -> None:
+def main(params: Params, name: str, backend: str) -> None:
     from llmbench.backends import catalog
     from llmbench.errors import UserError
 
     cfg = params.evaluate
     prepared = params.paths.prepared(name)
-    metrics_path, samples_path = params.paths.evaluate_json(name), params.paths.evaluate_jsonl(name)
+    metrics_path = params.paths.evaluate_json(name, backend)
+    samples_path = params.paths.evaluate_jsonl(name, backend)
     weights = manifest(prepared)["weights"]
-    with stage_run("evaluate", name, params, logged_params=cfg.model_dump(mode="json"),
+    with stage_run(f"evaluate-{backend}", name, params, logged_params=cfg.model_dump(mode="json"),
                    weights=weights) as run:
         runs, samples = [], []
         if weights == "random":
             result = record(name, weights, [], "random weights: accuracy is chance by construction")
+        elif not params.backends.enabled(backend):
+            result = record(name, weights, [], f"backends.{backend}.enabled is false")
         else:
             tok, chat = load_tokenizer(prepared), params.models[name].chat
             fmt = prompt_format(tok, chat)
-            for dep, load in catalog.deployments(params, name, cfg.dtype, SCORING_CTX):
+            for dep, load in catalog.deployments(params, name, backend, cfg.dtype, SCORING_CTX):
                 t0 = time.perf_counter()
                 try:
                     loaded = load()
@@ -61,4 +64,4 @@ def main(params: Params, name: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, per_model=True)
+    run_stage("evaluate", main, per_backend=True)

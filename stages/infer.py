@@ -1,5 +1,6 @@
-"""infer@<model>: batched greedy generation over the prompts on every deployment of the model
-(transformers at infer.dtype, llamacpp at each GGUF); random weights are skipped."""
+"""infer-<backend>@<model>: batched greedy generation over the prompts on the model's
+deployments on one backend (transformers at infer.dtype, llamacpp at each GGUF); random weights
+are skipped."""
 import time
 
 from llmbench.cli import run_stage
@@ -17,20 +18,21 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def main(params: Params, name: str) -> None:
+def main(params: Params, name: str, backend: str) -> None:
     from llmbench.backends import catalog
 
     cfg = params.infer
     prepared = params.paths.prepared(name)
-    outputs, metrics_path = params.paths.infer_jsonl(name), params.paths.infer_json(name)
+    outputs, metrics_path = params.paths.infer_jsonl(name, backend), params.paths.infer_json(name, backend)
     weights = manifest(prepared)["weights"]
     fixed = {"model": name, "weights": weights, "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
-    with stage_run("infer", name, params, logged_params=cfg.model_dump(mode="json"),
+    with stage_run(f"infer-{backend}", name, params, logged_params=cfg.model_dump(mode="json"),
                    weights=weights) as run:
-        if weights == "random":
+        skip = ("random weights: outputs would be noise; profiled only" if weights == "random" else
+                None if params.backends.enabled(backend) else f"backends.{backend}.enabled is false")
+        if skip:
             # text from random weights is noise; these models are profiled, not run on prompts
-            result = InferResult(**fixed, status="skipped",
-                                 reason="random weights: outputs would be noise; profiled only")
+            result = InferResult(**fixed, status="skipped", reason=skip)
             write_jsonl_atomic(outputs, [])
         else:
             if cfg.threads:
@@ -41,7 +43,7 @@ def main(params: Params, name: str) -> None:
             tok, chat = load_tokenizer(prepared), params.models[name].chat
             n_ctx = max(len(encode(tok, p, chat)) for p in prompts) + cfg.max_new_tokens
             runs, records = [], []
-            for dep, load in catalog.deployments(params, name, cfg.dtype, n_ctx, n_seq=cfg.batch_size):
+            for dep, load in catalog.deployments(params, name, backend, cfg.dtype, n_ctx, n_seq=cfg.batch_size):
                 try:
                     loaded = load()
                     t0 = time.perf_counter()
@@ -70,4 +72,4 @@ def main(params: Params, name: str) -> None:
 
 
 if __name__ == "__main__":
-    run_stage("infer", main, per_model=True)
+    run_stage("infer", main, per_backend=True)

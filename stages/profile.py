@@ -1,5 +1,6 @@
-"""profile@<model>: latency and memory of every deployment of the model (transformers dtypes x
-attentions, llamacpp GGUF types) over the shape grid (llmbench.profiling)."""
+"""profile-<backend>@<model>: latency and memory of the model's deployments on one backend
+(transformers: dtypes x attentions; llamacpp: each GGUF type) over the shape grid
+(llmbench.profiling). One stage per backend, so one backend's settings rerun only its stages."""
 from pathlib import Path
 
 from llmbench.cli import run_stage
@@ -13,14 +14,16 @@ from llmbench.spec import MEMORY, METRICS, SAMPLED
 from llmbench.tracking import stage_run
 
 
-def targets_for(params: Params, name: str):
-    """grid -> the model's deployments: transformers at the grid's dtypes x attentions, llamacpp
-    at every usable GGUF of data/gguf/<model>/gguf.json (shipped or converted)."""
+def targets_for(params: Params, name: str, backend: str):
+    """grid -> the model's deployments on `backend`: transformers at the grid's dtypes x
+    attentions, llamacpp at every usable GGUF of data/gguf/<model>/gguf.json (shipped or converted)."""
     from llmbench.backends import catalog
 
     prepared = params.paths.prepared(name)
-    hf_on, cpp = params.backends.transformers.enabled, params.backends.llamacpp
-    files = catalog.read_set(params.paths.gguf_json(name)).usable() if cpp.enabled else []
+    cpp = params.backends.llamacpp
+    hf_on = backend == "transformers" and params.backends.transformers.enabled
+    cpp_on = backend == "llamacpp" and cpp.enabled
+    files = catalog.read_set(params.paths.gguf_json(name)).usable() if cpp_on else []
     threads = catalog.default_threads(cpp.threads, params.profile.resolved().threads)
 
     def hf_load(d: str, a: str):
@@ -39,7 +42,7 @@ def targets_for(params: Params, name: str):
 
     def build(grid):
         attentions = list(grid.attentions)
-        if "sdpa" in attentions and "eager" not in attentions and not _supports_sdpa(prepared):
+        if hf_on and "sdpa" in attentions and "eager" not in attentions and not _supports_sdpa(prepared):
             attentions.append("eager")  # measured too, so the model has a row (gpt-neo: no sdpa)
         out = [Target(Deployment(model=name, backend="transformers", precision=d, attention=a), hf_load(d, a))
                for d in grid.dtypes for a in attentions] if hf_on else []
@@ -60,23 +63,26 @@ def _supports_sdpa(prepared: Path) -> bool:
     return bool(getattr(cls, "_supports_sdpa", True))
 
 
-def main(params: Params, name: str) -> None:
+def main(params: Params, name: str, backend: str) -> None:
     from transformers import AutoConfig
 
     prepared = params.paths.prepared(name)
-    out = params.paths.profile_json(name)
+    out = params.paths.profile_json(name, backend)
     cfg = params.profile.resolved()
     info = describe(prepared)
     texts = [p["text"] for p in read_jsonl(params.paths.prompts)]
-    backends = [b for b, on in (("transformers", params.backends.transformers.enabled),
-                                ("llamacpp", params.backends.llamacpp.enabled)) if on]
-    with stage_run("profile", name, params, fingerprint=fingerprint(cfg.device, backends).model_dump(),
+    on = params.backends.enabled(backend)
+    with stage_run(f"profile-{backend}", name, params,
+                   fingerprint=fingerprint(cfg.device, [backend] if on else []).model_dump(),
                    logged_params={**cfg.model_dump(mode="json"),
                                   "backends": params.backends.model_dump(mode="json")},
                    weights=info.weights) as run:
-        result = run_profile(targets_for(params, name), load_tokenizer(prepared), info, texts, cfg,
+        result = run_profile(targets_for(params, name, backend), load_tokenizer(prepared), info, texts, cfg,
                              progress=lambda msg: log_event(msg), kv_config=AutoConfig.from_pretrained(prepared),
-                             runtimes=backends)
+                             runtimes=[backend] if on else [])
+        if not on:
+            result = result.model_copy(update={"status": "skipped",
+                                               "reason": f"backends.{backend}.enabled is false"})
         write_result(out, result)
         run.log_metrics(profile_metrics(result))
         run.log_artifact(out)
@@ -94,4 +100,4 @@ def profile_metrics(result) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    run_stage("profile", main, per_model=True)
+    run_stage("profile", main, per_backend=True)

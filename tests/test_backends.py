@@ -178,6 +178,7 @@ def test_a_model_without_sdpa_is_also_measured_with_eager(tmp_path):
                                       "gpt2": {"source": "random", "config": "tiny-gpt2"}},
                            "backends": {"llamacpp": {"enabled": False}}})
     grid = params.profile.resolved()  # cpu-small: sdpa only
-    keys = {n: [t.deployment.key for t in targets_for(params, n)(grid)] for n in ("neo", "gpt2")}
+    keys = {n: [t.deployment.key for t in targets_for(params, n, "transformers")(grid)] for n in ("neo", "gpt2")}
+    assert targets_for(params, "neo", "llamacpp")(grid) == []  # disabled
     assert keys["neo"] == [f"neo.transformers.{d}.{a}" for d in ("float32", "bfloat16") for a in ("sdpa", "eager")]
     assert keys["gpt2"] == [f"gpt2.transformers.{d}.sdpa" for d in ("float32", "bfloat16")]

@@ -26,6 +26,7 @@ from llmbench.reference import fetch
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "tiny-gpt2"
 PER_MODEL = ("prepare", "infer", "profile", "evaluate")
+PER_BACKEND = ("infer", "profile", "evaluate")
 SENTINELS = {"reports/report.md": "# the last good report\n", "metrics/summary.json": '{"rows": {}}\n'}
 PROMPTS = "data/prompts/prompts.jsonl"
 MANIFEST = f"data/models/{MODEL}/llmbench_model.json"
@@ -210,12 +211,12 @@ CASES = [
     ("reference.csv/duplicate", "aggregate", reference_duplicated, "duplicate"),
     ("reference.json/empty", "aggregate", write(REF_JSON, ""), "reference.json"),
     ("reference.json/truncated", "aggregate", truncate(REF_JSON), "reference.json"),
-    ("profile-result/truncated", "aggregate", write(f"metrics/profile/{MODEL}.json", '{"schema_version": 1, '),
-     f"metrics/profile/{MODEL}.json"),
-    ("infer-result/wrong-type", "aggregate", write(f"metrics/infer/{MODEL}.json", '{"schema_version": "x"}'),
-     f"metrics/infer/{MODEL}.json"),
-    ("evaluate-result/non-utf8", "aggregate", write(f"metrics/evaluate/{MODEL}.json", NOT_UTF8),
-     f"metrics/evaluate/{MODEL}.json"),
+    ("profile-result/truncated", "aggregate", write(f"metrics/profile/{MODEL}.llamacpp.json", '{"schema_version": 1, '),
+     f"metrics/profile/{MODEL}.llamacpp.json"),
+    ("infer-result/wrong-type", "aggregate", write(f"metrics/infer/{MODEL}.llamacpp.json", '{"schema_version": "x"}'),
+     f"metrics/infer/{MODEL}.llamacpp.json"),
+    ("evaluate-result/non-utf8", "aggregate", write(f"metrics/evaluate/{MODEL}.llamacpp.json", NOT_UTF8),
+     f"metrics/evaluate/{MODEL}.llamacpp.json"),
     ("local-model-config/non-utf8", "check",
      lambda root: (setp(f"models.{MODEL}", {"source": "local", "path": str(root / "mine")})(root),
                    write("mine/config.json", NOT_UTF8)(root)), "config.json"),
@@ -228,9 +229,11 @@ def _run(entry: str, monkeypatch) -> tuple[int, bool]:
         return check.main([]), False
     if entry == "config":
         return cli.config_main(["ci-args"]), False
-    monkeypatch.setattr(sys, "argv", ["stage", MODEL] if entry in PER_MODEL else ["stage"])
+    argv = [MODEL, "llamacpp"] if entry in PER_BACKEND else [MODEL] if entry in PER_MODEL else []
+    monkeypatch.setattr(sys, "argv", ["stage", *argv])
     try:
-        cli.run_stage(entry, lambda *a: called.append(a), per_model=entry in PER_MODEL)
+        cli.run_stage(entry, lambda *a: called.append(a), per_model=entry in PER_MODEL,
+                      per_backend=entry in PER_BACKEND)
         code = 0
     except SystemExit as exc:
         code = exc.code
@@ -259,7 +262,8 @@ def test_defect(repo, case, monkeypatch, capsys):
     assert {rel: (repo / rel).read_text() for rel in SENTINELS} == before  # nothing lost
     assert not (repo / "mlflow.db").exists() and not (repo / ".llmbench").exists()  # no MLflow run
     if entry in PER_MODEL and not case[0].startswith("params.yaml"):  # the failure is recorded for the report, outside the stage's outputs
-        rec = json.loads((repo / f"metrics/failures/{entry}@{MODEL}.json").read_text())
+        stage = f"{entry}-llamacpp" if entry in PER_BACKEND else entry
+        rec = json.loads((repo / f"metrics/failures/{stage}@{MODEL}.json").read_text())
         assert rec["exit_code"] == 2 and rec["phase"] == "check" and names in rec["reason"]
 
 

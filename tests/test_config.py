@@ -128,11 +128,11 @@ def test_references_and_paths(repo):
     assert p.references["smollm2"] == "HuggingFaceTB/SmolLM2-135M"
     assert all(not hasattr(m, "reference_id") for m in p.models.values())
     paths = p.paths
-    assert str(paths.profile_json("smollm2")) == f"{paths.profile}/smollm2.json"
-    assert str(paths.infer_json("a")) == f"{paths.infer}/a.json"
-    assert str(paths.evaluate_json("a")) == f"{paths.evaluate}/a.json"
-    assert str(paths.infer_jsonl("a")) == f"{paths.infer_outputs}/a.jsonl"
-    assert str(paths.evaluate_jsonl("a")) == f"{paths.evaluate_outputs}/a.jsonl"
+    assert str(paths.profile_json("smollm2", "llamacpp")) == f"{paths.profile}/smollm2.llamacpp.json"
+    assert str(paths.infer_json("a", "b")) == f"{paths.infer}/a.b.json"
+    assert str(paths.evaluate_json("a", "b")) == f"{paths.evaluate}/a.b.json"
+    assert str(paths.infer_jsonl("a", "b")) == f"{paths.infer_outputs}/a.b.jsonl"
+    assert str(paths.evaluate_jsonl("a", "b")) == f"{paths.evaluate_outputs}/a.b.jsonl"
     assert str(paths.prepared("a")) == f"{paths.models}/a"
     assert str(paths.report_md) == f"{paths.reports}/report.md" and str(paths.summary_json) == paths.summary
     # dvc.yaml spells each of them as ${paths.x}, never the folder itself

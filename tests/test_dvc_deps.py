@@ -12,7 +12,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-MEASURING = ("prepare", "infer", "profile", "evaluate")
+MEASURING = ("prepare", "quantize", *(f"{s}-{b}" for s in ("infer", "profile", "evaluate")
+                                      for b in ("transformers", "llamacpp")))
 
 
 def _module_file(name: str) -> Path | None:

@@ -17,6 +17,7 @@ from llmbench.results import EvaluateResult, InferResult, ProfileResult, Summary
 # the first test also builds the pipeline fixture (a full `dvc repro`): well past the default
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 BIN = Path(sys.executable).parent
+BACKENDS = ("transformers", "llamacpp")
 SMALL = {
     "roster": ["tiny-gpt2", "smollm2"],
     "prompts": {"n": 4, "buckets": [16, 32]},
@@ -54,6 +55,16 @@ def ran(proc) -> set[str]:
             if line.startswith("Running stage")} - {"env"}
 
 
+def per_backend(model: str, *kinds: str, backends=None) -> list[str]:
+    return [f"{k}-{b}@{model}" for k in kinds for b in backends or BACKENDS]
+
+
+def merge_files(kind, files):
+    from llmbench.combine import merge as combine
+
+    return combine([read_result(f, kind) for f in files])
+
+
 def merge(params: dict, over: dict) -> dict:
     for k, v in over.items():
         params[k] = merge(params.get(k) or {}, v) if isinstance(v, dict) else v
@@ -79,18 +90,20 @@ def pipeline(tmp_path_factory, repo):
 
 def test_every_output_exists_and_is_valid(pipeline):
     work, _, first = pipeline
-    assert {"fetch-dataset", "generate-prompts", "prepare@smollm2", "infer@smollm2", "profile@smollm2",
-            "evaluate@smollm2", "prepare@tiny-gpt2", "profile@tiny-gpt2", "aggregate"} <= ran(first)
+    assert {"fetch-dataset", "generate-prompts", "aggregate", "prepare@smollm2", "prepare@tiny-gpt2",
+            *per_backend("smollm2", "infer", "profile", "evaluate"), *per_backend("tiny-gpt2", "profile")
+            } <= ran(first)
     paths = load_params(work / "params.yaml").paths
     at = lambda p: work / p  # noqa: E731 - paths are relative to the repo copy
     prompts = [json.loads(x) for x in at(paths.prompts).read_text().splitlines()]
     assert len(prompts) == 4
-    infer = read_result(at(paths.infer_json("smollm2")), InferResult)
+    infer = merge_files(InferResult, [at(paths.infer_json("smollm2", b)) for b in BACKENDS])
     assert infer.status == "ok" and infer.weights == "pretrained"
     # a gguf-package model runs on both runtimes: its dequantized weights and the shipped GGUF
     assert {r.deployment.backend for r in infer.runs if r.status == "ok"} == {"transformers", "llamacpp"}
     assert all(r.generated_tokens > 0 for r in infer.runs if r.status == "ok")
-    outputs = [json.loads(x) for x in at(paths.infer_jsonl("smollm2")).read_text().splitlines()]
+    outputs = [json.loads(x) for b in BACKENDS
+               for x in at(paths.infer_jsonl("smollm2", b)).read_text().splitlines()]
     by_dep: dict[str, list] = {}
     for o in outputs:
         by_dep.setdefault(json.dumps(o["deployment"], sort_keys=True), []).append(o)
@@ -98,14 +111,15 @@ def test_every_output_exists_and_is_valid(pipeline):
     for rows in by_dep.values():  # every deployment answered every prompt, in order
         assert [o["prompt_id"] for o in rows] == [p["id"] for p in prompts]
     assert all(0 < o["n_out"] <= 8 and o["ttft_s"] <= o["e2e_s"] for o in outputs)
-    skipped = read_result(at(paths.infer_json("tiny-gpt2")), InferResult)
-    assert skipped.status == "skipped" and "random" in skipped.reason
-    for name in ("smollm2", "tiny-gpt2"):
-        head = read_result(at(paths.profile_json(name)), ProfileResult).headline_row()
-        assert head.decode_tps.p50 > 0 and head.memory.rss_peak_mib > 0
-    ev = read_result(at(paths.evaluate_json("tiny-gpt2")), EvaluateResult)
-    assert ev.status == "skipped"
-    ev = read_result(at(paths.evaluate_json("smollm2")), EvaluateResult)
+    for b in BACKENDS:
+        skipped = read_result(at(paths.infer_json("tiny-gpt2", b)), InferResult)
+        assert skipped.status == "skipped" and "random" in skipped.reason
+        for name in ("smollm2", "tiny-gpt2"):
+            head = read_result(at(paths.profile_json(name, b)), ProfileResult).headline_row()
+            assert head.decode_tps.p50 > 0 and head.memory.rss_peak_mib > 0 and head.deployment.backend == b
+        ev = read_result(at(paths.evaluate_json("tiny-gpt2", b)), EvaluateResult)
+        assert ev.status == "skipped"
+    ev = merge_files(EvaluateResult, [at(paths.evaluate_json("smollm2", b)) for b in BACKENDS])
     assert ev.status == "ok"
     scored = [r for r in ev.runs if r.status == "ok"]
     assert {r.deployment.backend for r in scored} == {"transformers", "llamacpp"}
@@ -124,15 +138,15 @@ def test_mlflow_one_run_per_stage_and_model(pipeline):
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     names = sorted(r.info.run_name for r in runs)
     expected = sorted(["fetch-dataset", "generate-prompts", "aggregate"] +
-                      [f"{s}@{m}" for s in ("prepare", "quantize", "infer", "profile", "evaluate")
-                       for m in ("smollm2", "tiny-gpt2")])
+                      [f"{s}@{m}" for s in ("prepare", "quantize") for m in ("smollm2", "tiny-gpt2")] +
+                      [n for m in ("smollm2", "tiny-gpt2") for n in per_backend(m, "infer", "profile", "evaluate")])
     assert names == expected
     commits = {r.data.tags["git_commit"] for r in runs}
     hashes = {r.data.tags["params_hash"] for r in runs}
     assert len(commits) == 1 and len(hashes) == 1 and "none" not in commits
     for r in runs:
         assert r.data.tags["stage"] == r.info.run_name.split("@")[0]
-    prof = next(r for r in runs if r.info.run_name == "profile@smollm2")
+    prof = next(r for r in runs if r.info.run_name == "profile-llamacpp@smollm2")
     assert "fingerprint.cpu" in prof.data.tags and prof.data.tags["llmbench.weights"] == "pretrained"
 
 
@@ -150,6 +164,39 @@ def test_second_repro_is_a_noop_a_reference_fix_reruns_only_aggregate(pipeline):
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     reran = ran(run(["dvc", "repro"], work, env))
     # quantize@tiny-gpt2 reruns only if prepare's output changed; nothing of smollm2 reruns
-    assert {"prepare@tiny-gpt2", "infer@tiny-gpt2", "profile@tiny-gpt2", "evaluate@tiny-gpt2",
-            "aggregate"} <= reran <= {"prepare@tiny-gpt2", "quantize@tiny-gpt2", "infer@tiny-gpt2",
-                                      "profile@tiny-gpt2", "evaluate@tiny-gpt2", "aggregate"}
+    measured = set(per_backend("tiny-gpt2", "infer", "profile", "evaluate"))
+    assert {"prepare@tiny-gpt2", *measured, "aggregate"} <= reran <= {
+        "prepare@tiny-gpt2", "quantize@tiny-gpt2", *measured, "aggregate"}
+
+
+def test_one_backends_settings_rerun_only_its_stages(pipeline):
+    work, env, _ = pipeline
+    assert ran(run(["dvc", "repro"], work, env)) == set()
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    # a llamacpp runtime setting: every llamacpp stage, no transformers stage, no quantize
+    params["backends"]["llamacpp"]["threads"] = 1
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    llama = {n for m in ("smollm2", "tiny-gpt2") for n in per_backend(m, "infer", "profile", "evaluate",
+                                                                       backends=("llamacpp",))}
+    assert ran(run(["dvc", "repro"], work, env)) == llama | {"aggregate"}
+    # the quantization list: quantize of the model that converts, then what reads its GGUFs;
+    # smollm2's shipped GGUF is not re-quantized, so nothing of smollm2 reruns
+    params["backends"]["llamacpp"]["quantizations"] = ["Q8_0"]
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    reran = ran(run(["dvc", "repro"], work, env))
+    assert {"quantize@tiny-gpt2", "profile-llamacpp@tiny-gpt2", "aggregate"} <= reran
+    assert reran <= {f"quantize@{m}" for m in ("smollm2", "tiny-gpt2")} | llama | {"aggregate"}
+    assert not any(n.startswith(("infer-llamacpp@smollm2", "profile-llamacpp@smollm2",
+                                 "evaluate-llamacpp@smollm2")) for n in reran)
+    prof = read_result(work / load_params(work / "params.yaml").paths.profile_json("tiny-gpt2", "llamacpp"),
+                       ProfileResult)
+    assert {r.deployment.precision for r in prof.results} == {"Q8_0"}
+    # a transformers setting: its stages only
+    params["backends"]["transformers"]["enabled"] = False
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    hf = {n for m in ("smollm2", "tiny-gpt2") for n in per_backend(m, "infer", "profile", "evaluate",
+                                                                    backends=("transformers",))}
+    assert ran(run(["dvc", "repro"], work, env)) == hf | {"aggregate"}
+    off = read_result(work / load_params(work / "params.yaml").paths.profile_json("smollm2", "transformers"),
+                      ProfileResult)
+    assert off.status == "skipped" and "backends.transformers.enabled" in off.reason

@@ -35,10 +35,15 @@ def repo(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _stage(stage, body, monkeypatch, model=MODEL):
-    monkeypatch.setattr(sys, "argv", ["stage", model] if model else ["stage"])
+PER_BACKEND = ("infer", "profile", "evaluate")
+
+
+def _stage(stage, body, monkeypatch, model=MODEL, backend="llamacpp"):
+    per_backend = stage in PER_BACKEND
+    argv = [model, *([backend] if per_backend else [])] if model else []
+    monkeypatch.setattr(sys, "argv", ["stage", *argv])
     try:
-        cli.run_stage(stage, body, per_model=model is not None)
+        cli.run_stage(stage, body, per_model=model is not None, per_backend=per_backend)
     except SystemExit as exc:
         return exc.code
     return 0
@@ -49,38 +54,48 @@ def _record(root, stage, model=MODEL):
 
 
 def test_crash_is_one_line_exit_3_and_a_record(repo, monkeypatch, capsys):
-    def body(params, name):
+    def body(params, name, backend):
         raise RuntimeError("boom at https://alice:hunter22@example.org/x\nsecond line")
     assert _stage("infer", body, monkeypatch) == failures.EXIT_MODEL
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error")]
-    assert errors == ["error: infer@tiny-gpt2: boom at https://alice:***@example.org/x second line"]
+    assert errors == ["error: infer-llamacpp@tiny-gpt2: boom at https://alice:***@example.org/x second line"]
     assert "Traceback" not in err and "hunter22" not in err
-    rec = _record(repo, "infer")
+    rec = _record(repo, "infer-llamacpp")
     assert (rec["stage"], rec["model"], rec["phase"], rec["kind"], rec["exit_code"]) == \
-        ("infer", MODEL, "run", "RuntimeError", 3)
+        ("infer-llamacpp", MODEL, "run", "RuntimeError", 3)
     assert "hunter22" not in rec["reason"] and "\n" not in rec["reason"]
-    log = (repo / "logs" / "infer@tiny-gpt2.jsonl").read_text()
+    log = (repo / "logs" / "infer-llamacpp@tiny-gpt2.jsonl").read_text()
     assert "Traceback" in log and "body" in log and "hunter22" not in log  # the log has it all
-    assert oct((repo / "metrics/failures/infer@tiny-gpt2.json").stat().st_mode & 0o777) == "0o644"
+    assert oct((repo / "metrics/failures/infer-llamacpp@tiny-gpt2.json").stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_backend_argument_that_is_not_a_backend_is_one_line(repo, monkeypatch, capsys):
+    assert _stage("profile", lambda *a: None, monkeypatch, backend="onnx") == failures.EXIT_USER
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: profile-onnx@tiny-gpt2: unknown backend 'onnx' (known: transformers, llamacpp)"]
+    assert not (repo / "metrics/failures").exists()  # a typo on the command line is no model failure
 
 
 def test_user_error_exits_2_and_success_clears_the_record(repo, monkeypatch, capsys):
-    def bad(params, name):
+    def bad(params, name, backend):
         raise UserError(f"params.yaml: models.{name}: broken")
     assert _stage("profile", bad, monkeypatch) == failures.EXIT_USER
-    assert _record(repo, "profile")["kind"] == "user-error"
-    assert _stage("profile", lambda params, name: None, monkeypatch) == 0
-    assert not (repo / "metrics/failures/profile@tiny-gpt2.json").exists()
+    assert _record(repo, "profile-llamacpp")["kind"] == "user-error"
+    # the other backend's stage is its own: its success does not clear this record
+    assert _stage("profile", lambda *a: None, monkeypatch, backend="transformers") == 0
+    assert (repo / "metrics/failures/profile-llamacpp@tiny-gpt2.json").exists()
+    assert _stage("profile", lambda *a: None, monkeypatch) == 0
+    assert not (repo / "metrics/failures/profile-llamacpp@tiny-gpt2.json").exists()
 
 
 def test_phase_comes_from_the_traceback(repo, monkeypatch):
     from llmbench.models import load
 
-    def body(params, name):
+    def body(params, name, backend):
         load(params.paths.prepared(name))  # not prepared: the manifest is missing
     assert _stage("profile", body, monkeypatch) == failures.EXIT_USER
-    assert _record(repo, "profile")["phase"] == "load"
+    assert _record(repo, "profile-llamacpp")["phase"] == "load"
 
 
 def test_shared_stage_failure_is_recorded_and_never_allowed(repo, monkeypatch, capsys):
@@ -101,14 +116,18 @@ def test_shared_stage_failure_is_recorded_and_never_allowed(repo, monkeypatch, c
 
 
 def test_a_record_is_live_only_while_the_output_is_absent(repo, monkeypatch, capsys):
-    assert _stage("infer", lambda p, n: 1 / 0, monkeypatch) == failures.EXIT_MODEL
+    assert _stage("infer", lambda p, n, b: 1 / 0, monkeypatch) == failures.EXIT_MODEL
     params = load_params()
     assert list(failures.live_failures(params)) == [MODEL]
     assert failures.main(["check"]) == failures.EXIT_MODEL
-    assert "infer@tiny-gpt2" in capsys.readouterr().err
+    assert "infer-llamacpp@tiny-gpt2" in capsys.readouterr().err
+    # the other backend's output does not make it stale
+    other = params.paths.infer_json(MODEL, "transformers")
+    other.parent.mkdir(parents=True)
+    other.write_text("{}")
+    assert list(failures.live_failures(params)) == [MODEL]
     # a run-cache restore brings the output back without running the code that clears the record
-    out = params.paths.infer_json(MODEL)
-    out.parent.mkdir(parents=True)
+    out = params.paths.infer_json(MODEL, "llamacpp")
     out.write_text("{}")
     assert failures.live_failures(params) == {} and failures.main(["check"]) == 0
     # a removed model's record is stale too
@@ -131,7 +150,7 @@ def test_allow_accepts_a_failed_model(repo, monkeypatch):
 def test_unreadable_record_counts_as_a_failure(repo):
     folder = repo / "metrics/failures"
     folder.mkdir(parents=True)
-    (folder / f"infer@{MODEL}.json").write_text("{not json")
+    (folder / f"infer-llamacpp@{MODEL}.json").write_text("{not json")
     recs = failures.live_failures(load_params())[MODEL]
     assert recs[0].kind == "unreadable-record"
 

@@ -32,8 +32,9 @@ SMALL = {
                 "min_iterations": 2, "min_duration_s": 0.0, "dtypes": ["float32"],
                 "attentions": ["sdpa"], "bandwidth_mib": 0},
 }
-SCHEMAS = {"summary.json": "summary", "profile/tiny-gpt2.json": "profile", "infer/tiny-gpt2.json": "infer",
-           "evaluate/tiny-gpt2.json": "evaluate"}
+SCHEMAS = {"summary.json": "summary",
+           **{f"{k}/tiny-gpt2.{b}.json": k for k in ("profile", "infer", "evaluate")
+              for b in ("transformers", "llamacpp")}}
 
 
 def sh(cmd, cwd, env, ok=True, timeout=900):
@@ -130,7 +131,7 @@ def _stage_pid(dvc: subprocess.Popen, module: str, deadline: float) -> int | Non
     return None
 
 
-@pytest.mark.parametrize("stage,module", [("profile@tiny-gpt2", "stages.profile"),
+@pytest.mark.parametrize("stage,module", [("profile-transformers@tiny-gpt2", "stages.profile"),
                                           ("aggregate", "stages.aggregate")])
 def test_kill_9_then_repro_gives_complete_outputs(work, stage, module):
     work, env = work

@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 MODEL = "tiny-gpt2"
 TINY = {**{k: v for k, v in SMALL.items() if k != "evaluate"}, "roster": [MODEL], "ci_roster": [MODEL]}
 # serve@smollm2-q4 runs too: the shipped endpoint's model is outside this roster, so it records "skipped"
-STAGES = {"fetch-dataset", "generate-prompts", "aggregate", "serve@smollm2-q4",
-          *(f"{s}@{MODEL}" for s in ("prepare", "quantize", "infer", "profile", "evaluate"))}
-METRICS = [f"metrics/{s}/{MODEL}.json" for s in ("infer", "profile", "evaluate")]
+BACKENDS = ("transformers", "llamacpp")
+STAGES = {"fetch-dataset", "generate-prompts", "aggregate", "serve@smollm2-q4", f"prepare@{MODEL}",
+          f"quantize@{MODEL}", *(f"{s}-{b}@{MODEL}" for s in ("infer", "profile", "evaluate") for b in BACKENDS)}
+METRICS = [f"metrics/{s}/{MODEL}.{b}.json" for s in ("infer", "profile", "evaluate") for b in BACKENDS]
 WORKFLOW = Path(__file__).resolve().parents[1] / ".github/workflows/benchmark.yml"
 # generated in the working tree, possibly untracked but not ignored: a clone starts without them
 GENERATED = ("dvc.lock", "metrics", "reports")
@@ -116,7 +117,7 @@ def test_a_second_clone_reruns_none_of_the_first_clones_stages(origin, machine_a
     # run-cache entries and their outputs (plain `dvc pull --run-cache` fails with no dvc.lock)
     proc = run(["dvc", "repro", "--pull"], b, env)
     assert ran(proc) == {"aggregate"}, proc.stdout  # aggregate's outputs are uncached: it always runs
-    assert f"Stage 'profile@{MODEL}' is cached - skipping run" in proc.stdout
+    assert f"Stage 'profile-llamacpp@{MODEL}' is cached - skipping run" in proc.stdout
     same_bytes(a, b, METRICS)
     assert MODEL in (b / "reports/report.md").read_text()
 
@@ -168,11 +169,11 @@ def test_artifacts_are_stored_by_the_mlflow_server(machine_a, mlflow_server, tmp
         # proxied through the server: reachable from every client, not a path on the first one
         assert r.info.artifact_uri.startswith("mlflow-artifacts:"), (name, r.info.artifact_uri)
         assert client.list_artifacts(r.info.run_id), f"{name}: no artifacts"
-    prof = runs[f"profile@{MODEL}"]
-    got = client.download_artifacts(prof.info.run_id, f"{MODEL}.json", str(tmp_path))
-    mine = json.loads((a / f"metrics/profile/{MODEL}.json").read_text())
+    prof = runs[f"profile-llamacpp@{MODEL}"]
+    got = client.download_artifacts(prof.info.run_id, f"{MODEL}.llamacpp.json", str(tmp_path))
+    mine = json.loads((a / f"metrics/profile/{MODEL}.llamacpp.json").read_text())
     assert json.loads(Path(got).read_text()) == mine
-    assert list(store.rglob(f"{prof.info.run_id}/artifacts/{MODEL}.json"))  # on the server's disk
+    assert list(store.rglob(f"{prof.info.run_id}/artifacts/{MODEL}.llamacpp.json"))  # on the server's disk
 
 
 def _md_rows(md: str) -> dict[str, dict[str, str]]:
@@ -214,7 +215,8 @@ def test_sweeps_queued_and_in_the_workspace(origin, machine_a):
     # a warm cache (as on a machine that already ran the pipeline): untouched stages restore
     shutil.copytree(machine_a[0] / ".dvc/cache", s / ".dvc/cache")
     committed = yaml.safe_load((s / "params.yaml").read_text())
-    swept = {f"profile@{MODEL}", "aggregate"}  # a sweep reruns only the stages reading its keys
+    # a sweep reruns only the stages reading its keys
+    swept = {*(f"profile-{b}@{MODEL}" for b in BACKENDS), "aggregate"}
     try:
         for name, over in SWEEPS.items():
             run(["dvc", "exp", "run", "--queue", "-n", name, *_set_args(over)], s, env)
@@ -228,9 +230,10 @@ def test_sweeps_queued_and_in_the_workspace(origin, machine_a):
         subprocess.run(["dvc", "queue", "stop", "--kill"], cwd=s, env=env, capture_output=True,
                        timeout=120)
     assert ran(single) == swept
-    prof = json.loads((s / f"metrics/profile/{MODEL}.json").read_text())
     # every deployment (transformers, llama.cpp types) ran both swept batch sizes
-    assert sorted({r["batch_size"] for r in prof["results"] if r["status"] == "ok"}) == [1, 2]
+    for b in BACKENDS:
+        prof = json.loads((s / f"metrics/profile/{MODEL}.{b}.json").read_text())
+        assert sorted({r["batch_size"] for r in prof["results"] if r["status"] == "ok"}) == [1, 2], b
 
     # summary keys are rows.<deployment key>.<field>: the headline deployment follows the swept dtype
     keep = rf"^(Experiment|profile\.(batch_sizes|dtypes)|rows\.{MODEL}\..*\.decode_tps_p50)$"

@@ -17,6 +17,7 @@ from llmbench.errors import UserError
 
 SCHEMAS = results.SCHEMA_DIR
 REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("transformers", "llamacpp")
 
 
 def test_committed_schemas_match_the_models(tmp_path):
@@ -39,7 +40,7 @@ def test_schema_fields_carry_units():
 def pipeline(tmp_path_factory):
     """A tiny roster through the real stage functions, in-process: a saved random-init GPT-2 as
     a local ('pretrained') model, so infer and evaluate really run, and a random-weights model,
-    so they are skipped. Returns {(kind, model): path of the written result}."""
+    so they are skipped. Returns {(kind, model, backend): path of the written result}."""
     import torch
     from transformers import AutoModelForCausalLM, GPT2Config
 
@@ -85,15 +86,18 @@ def pipeline(tmp_path_factory):
         for m in params.roster:
             prepare.main(params, m)
             quantize.main(params, m)
-            profile.main(params, m)
-            infer.main(params, m)
-            evaluate.main(params, m)
+            for b in BACKENDS:
+                profile.main(params, m, b)
+                infer.main(params, m, b)
+                evaluate.main(params, m, b)
         aggregate.main(params)
     p = params.paths
-    out = {("summary", None): p.summary_json}
+    out = {("summary", None, None): p.summary_json}
     for m in params.roster:
-        out.update({("profile", m): p.profile_json(m), ("infer", m): p.infer_json(m),
-                    ("evaluate", m): p.evaluate_json(m), ("gguf", m): p.gguf_json(m)})
+        out[("gguf", m, None)] = p.gguf_json(m)
+        for b in BACKENDS:
+            out.update({("profile", m, b): p.profile_json(m, b), ("infer", m, b): p.infer_json(m, b),
+                        ("evaluate", m, b): p.evaluate_json(m, b)})
     return out
 
 
@@ -105,30 +109,33 @@ def _validator(kind: str):
 
 
 def test_real_outputs_validate_against_the_committed_schemas(pipeline):
-    for (kind, model), path in pipeline.items():
+    for (kind, *_), path in pipeline.items():
         doc = json.loads(path.read_text())
         errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in _validator(kind).iter_errors(doc)]
         assert not errors, f"{path}: {errors[:3]}"
     # both paths were exercised: real measurements and real skips
-    tiny_inf = json.loads(pipeline["infer", "tiny"].read_text())
-    rnd_inf = json.loads(pipeline["infer", "rnd"].read_text())
-    assert tiny_inf["status"] == "ok" and rnd_inf["status"] == "skipped"
-    # every deployment: transformers at infer.dtype and llamacpp on the converted Q8_0
-    assert [(r["deployment"]["backend"], r["status"]) for r in tiny_inf["runs"]] == [
-        ("transformers", "ok"), ("llamacpp", "ok")] and all(r["gen_tps"] > 0 for r in tiny_inf["runs"])
-    tiny_ev = json.loads(pipeline["evaluate", "tiny"].read_text())
-    assert tiny_ev["status"] == "ok" and [r["tasks"]["llmbench_smoke"]["n"] for r in tiny_ev["runs"]] == [4, 4]
-    prof = json.loads(pipeline["profile", "rnd"].read_text())
-    assert prof["status"] == "ok" and prof["results"][0]["ttft_s"]["n"] >= 2
-    gguf = json.loads(pipeline["gguf", "rnd"].read_text())
+    rnd_inf = json.loads(pipeline["infer", "rnd", "llamacpp"].read_text())
+    assert rnd_inf["status"] == "skipped"
+    # every deployment, one file per backend: transformers at infer.dtype, llamacpp on the converted Q8_0
+    for b in BACKENDS:
+        tiny_inf = json.loads(pipeline["infer", "tiny", b].read_text())
+        assert tiny_inf["status"] == "ok" and [(r["deployment"]["backend"], r["status"])
+                                               for r in tiny_inf["runs"]] == [(b, "ok")]
+        assert tiny_inf["runs"][0]["gen_tps"] > 0
+        tiny_ev = json.loads(pipeline["evaluate", "tiny", b].read_text())
+        assert tiny_ev["status"] == "ok" and [r["tasks"]["llmbench_smoke"]["n"] for r in tiny_ev["runs"]] == [4]
+        prof = json.loads(pipeline["profile", "rnd", b].read_text())
+        assert prof["status"] == "ok" and prof["results"][0]["ttft_s"]["n"] >= 2
+        assert {r["deployment"]["backend"] for r in prof["results"]} == {b}
+    gguf = json.loads(pipeline["gguf", "rnd", None].read_text())
     assert [(f["precision"], f["origin"], f["status"]) for f in gguf["files"]] == [("Q8_0", "converted", "ok")]
-    summary = json.loads(pipeline["summary", None].read_text())
+    summary = json.loads(pipeline["summary", None, None].read_text())
     assert set(summary["rows"]) == {f"{m}.{d}" for m in ("tiny", "rnd")
                                     for d in ("transformers.float32.sdpa", "llamacpp.Q8_0")}
 
 
 def test_schemas_are_not_vacuous(pipeline):
-    doc = json.loads(pipeline["profile", "tiny"].read_text())
+    doc = json.loads(pipeline["profile", "tiny", "transformers"].read_text())
     v = _validator("profile")
     for broken in ({k: val for k, val in doc.items() if k != "status"}, {**doc, "schema_version": 0},
                    {**doc, "results": [{**doc["results"][0], "ttft_s": {"p50": "fast"}}]}):
@@ -142,7 +149,7 @@ def test_schemas_are_not_vacuous(pipeline):
     (lambda d: d["results"][0].update(dtype="float32"), "results.0.dtype"),  # the old layout's key
 ])
 def test_old_or_foreign_file_is_one_line_naming_file_and_field(pipeline, tmp_path, edit, field):
-    doc = json.loads(pipeline["profile", "tiny"].read_text())
+    doc = json.loads(pipeline["profile", "tiny", "transformers"].read_text())
     edit(doc)
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(doc))

@@ -13,7 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
-STAGES = ("prepare", "infer", "profile", "evaluate")
+STAGES = ("prepare", "quantize", *(f"{s}-{b}" for s in ("infer", "profile", "evaluate")
+                                    for b in ("transformers", "llamacpp")))
 
 
 def actionlint() -> str:

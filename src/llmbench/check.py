@@ -134,8 +134,9 @@ def result_files(params: Params) -> None:
 
     p = params.paths
     for model in params.roster:
-        for path, kind in ((p.profile_json(model), ProfileResult), (p.infer_json(model), InferResult),
-                           (p.evaluate_json(model), EvaluateResult)):
+        for path, kind in ((f(model, b), kind) for b in params.backends.ids() for f, kind in
+                           ((p.profile_json, ProfileResult), (p.infer_json, InferResult),
+                            (p.evaluate_json, EvaluateResult))):
             if path.exists():
                 read_text(path, f"model {model}'s result; rerun its stage")
                 read_result(path, kind)

@@ -55,19 +55,29 @@ def _log_traceback(exc: BaseException) -> None:
             handler.handle(record)
 
 
-def run_stage(stage: str, main: Callable[..., None] | None, per_model: bool = False) -> None:
+def run_stage(stage: str, main: Callable[..., None] | None, per_model: bool = False,
+              per_backend: bool = False) -> None:
     """Run one stage body; never returns a traceback to the user. Exits 0, 2 or 3. With main
     None (stages/__init__.py, before torch is imported) only the checks run: a bad input fails
-    in well under a second instead of after the heavy imports."""
+    in well under a second instead of after the heavy imports. per_backend: argv is
+    `<model> <backend>` and the stage is named `<stage>-<backend>` (profile-llamacpp@smollm2)."""
     from llmbench.check import preflight
 
     argv = sys.argv[1:]
-    params, model, phase = None, None, "check"
+    params, model, backend, phase, base = None, None, None, "check", stage
     try:
+        if per_backend:
+            per_model = True
+            if len(argv) == 2:
+                stage, backend = f"{base}-{argv[1]}", argv[1]
         params = load_params(os.environ.get("LLMBENCH_PARAMS", "params.yaml"))
         if per_model:
-            if len(argv) != 1:
-                raise UserError(f"usage: python -m stages.{stage.replace('-', '_')} <model name>")
+            if len(argv) != (2 if per_backend else 1):
+                usage = " <backend>" if per_backend else ""
+                raise UserError(f"usage: python -m stages.{base.replace('-', '_')} <model name>{usage}")
+            known = params.backends.ids()
+            if backend is not None and backend not in known:  # before `model`: no failure record
+                raise UserError(f"{stage}@{argv[0]}: unknown backend '{backend}' (known: {', '.join(known)})")
             model = argv[0]
             if model not in params.models:
                 raise UserError(f"params.yaml: models.{model}: not defined (defined: {', '.join(params.models)})")
@@ -75,16 +85,19 @@ def run_stage(stage: str, main: Callable[..., None] | None, per_model: bool = Fa
         # logs go to the user's repo, also from a queued experiment's temp copy
         setup_logging(stage, model, repo_root() / params.paths.logs)
         log_event("start" if main else "pre-flight")
-        preflight(params, stage, model)  # before stage_run: a bad input leaves no MLflow run
+        preflight(params, base, model)  # before stage_run: a bad input leaves no MLflow run
         if main is None:
             return
         phase = "run"
-        main(params, model) if per_model else main(params)
+        if backend is not None:
+            main(params, model, backend)
+        else:
+            main(params, model) if per_model else main(params)
         log_event("done")
     except Exception as exc:  # noqa: BLE001 - isolation: one failing model never sinks the run
         code = failures.EXIT_USER if isinstance(exc, UserError) else failures.EXIT_MODEL
         if phase != "check":
-            phase = phase_of(stage, exc)
+            phase = phase_of(base, exc)
         _log_traceback(exc)
         # a user error names its key/file itself; a crash gets the stage, a model always
         where = f"{stage}@{model}" if model else None if code == failures.EXIT_USER else stage

@@ -60,11 +60,11 @@ class Paths(_Strict):
     reference: str = "data/reference"
     prompts: str = "data/prompts/prompts.jsonl"
     models: str = "data/models"  # <models>/<model>: the prepared folder
-    infer_outputs: str = "data/outputs/infer"  # <dir>/<model>.jsonl: generated texts
-    evaluate_outputs: str = "data/outputs/evaluate"  # <dir>/<model>.jsonl: scored samples
-    profile: str = "metrics/profile"  # <dir>/<model>.json: ProfileResult
-    infer: str = "metrics/infer"  # <dir>/<model>.json: InferResult
-    evaluate: str = "metrics/evaluate"  # <dir>/<model>.json: EvaluateResult
+    infer_outputs: str = "data/outputs/infer"  # <dir>/<model>.<backend>.jsonl: generated texts
+    evaluate_outputs: str = "data/outputs/evaluate"  # <dir>/<model>.<backend>.jsonl: scored samples
+    profile: str = "metrics/profile"  # <dir>/<model>.<backend>.json: ProfileResult
+    infer: str = "metrics/infer"  # <dir>/<model>.<backend>.json: InferResult
+    evaluate: str = "metrics/evaluate"  # <dir>/<model>.<backend>.json: EvaluateResult
     summary: str = "metrics/summary.json"  # Summary
     reports: str = "reports"  # report.md and plots/
     logs: str = "logs"
@@ -75,14 +75,15 @@ class Paths(_Strict):
     def prepared(self, model: str) -> Path:
         return Path(self.models) / model
 
-    def profile_json(self, model: str) -> Path:
-        return Path(self.profile) / f"{model}.json"
+    # per model x backend (one stage each, e.g. profile-llamacpp@smollm2): <dir>/<model>.<backend>.json
+    def profile_json(self, model: str, backend: str) -> Path:
+        return Path(self.profile) / f"{model}.{backend}.json"
 
-    def infer_json(self, model: str) -> Path:
-        return Path(self.infer) / f"{model}.json"
+    def infer_json(self, model: str, backend: str) -> Path:
+        return Path(self.infer) / f"{model}.{backend}.json"
 
-    def evaluate_json(self, model: str) -> Path:
-        return Path(self.evaluate) / f"{model}.json"
+    def evaluate_json(self, model: str, backend: str) -> Path:
+        return Path(self.evaluate) / f"{model}.{backend}.json"
 
     def serve_json(self, endpoint: str) -> Path:
         return Path(self.serve) / f"{endpoint}.json"
@@ -93,11 +94,11 @@ class Paths(_Strict):
     def gguf_json(self, model: str) -> Path:
         return Path(self.gguf) / model / "gguf.json"
 
-    def infer_jsonl(self, model: str) -> Path:
-        return Path(self.infer_outputs) / f"{model}.jsonl"
+    def infer_jsonl(self, model: str, backend: str) -> Path:
+        return Path(self.infer_outputs) / f"{model}.{backend}.jsonl"
 
-    def evaluate_jsonl(self, model: str) -> Path:
-        return Path(self.evaluate_outputs) / f"{model}.jsonl"
+    def evaluate_jsonl(self, model: str, backend: str) -> Path:
+        return Path(self.evaluate_outputs) / f"{model}.{backend}.jsonl"
 
     @property
     def summary_json(self) -> Path:
@@ -332,6 +333,14 @@ class LlamaCppBackend(_Strict):
 class Backends(_Strict):
     transformers: TransformersBackend = TransformersBackend()
     llamacpp: LlamaCppBackend = LlamaCppBackend()
+
+    @classmethod
+    def ids(cls) -> list[str]:
+        return list(cls.model_fields)
+
+    def enabled(self, backend: str) -> bool:
+        """backends.<backend>.enabled, for a stage that got the id on its command line."""
+        return {"transformers": self.transformers, "llamacpp": self.llamacpp}[backend].enabled
 
 
 class Gate(_Strict):

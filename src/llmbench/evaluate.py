@@ -350,7 +350,7 @@ def ok_run(deployment: Deployment, tasks: dict[str, TaskScore], fmt: str, wall_s
 
 
 def record(model: str, weights: str, runs: list[EvaluateRun], reason: str | None = None) -> EvaluateResult:
-    """metrics/evaluate/<model>.json: ok when any deployment was scored; else `reason` (or the
+    """metrics/evaluate/<model>.<backend>.json: ok when any deployment was scored; else `reason` (or the
     first run's) says why not (e.g. random weights, whose accuracy is chance by construction)."""
     ok = any(r.status == "ok" for r in runs)
     why = None if ok else (reason or next((r.reason for r in runs if r.reason), "nothing was scored"))

@@ -114,12 +114,13 @@ def live_failures(params: Params) -> dict[str, list[FailureRecord]]:
 def failed_rows(records: dict[str, list[FailureRecord]]) -> list[dict]:
     """One report row per failed model: model, status "failed", and the first failure's stage,
     phase and reason (the stage that failed first blocks the ones after it)."""
-    order = {s: i for i, s in enumerate(("prepare", "infer", "profile", "evaluate"))}
+    order = {s: i for i, s in enumerate(("prepare", "quantize", "infer", "profile", "evaluate"))}
     rows = []
     for model, recs in records.items():
         if model == SHARED:
             continue
-        first = min(recs, key=lambda r: order.get(r.stage, len(order)))
+        # profile-llamacpp -> profile: a per-backend stage sorts as its kind
+        first = min(recs, key=lambda r: order.get(r.stage.split("-")[0], len(order)))
         rows.append({"model": model, "status": "failed", "stage": first.stage, "phase": first.phase,
                      "kind": first.kind,
                      "reason": f"{first.stage} failed ({first.phase}): {first.reason}"})
@@ -130,11 +131,13 @@ def stage_outputs(params: Params) -> dict[str, Callable[[str], Path]]:
     """Stage -> the output file whose presence (or, for a shared stage, freshness) means that
     stage succeeded."""
     p = params.paths
+    per_backend = {f"{kind}-{b}": (lambda m, f=path_of, b=b: f(m, b))
+                   for kind, path_of in (("infer", p.infer_json), ("profile", p.profile_json),
+                                         ("evaluate", p.evaluate_json))
+                   for b in params.backends.ids()}
     return {
         "prepare": lambda m: p.prepared(m) / "llmbench_model.json",
-        "infer": p.infer_json,
-        "profile": p.profile_json,
-        "evaluate": p.evaluate_json,
+        **per_backend,
         "quantize": p.gguf_json,
         "serve": p.serve_json,
         "fetch-dataset": lambda _: Path(p.reference) / "reference.csv",

@@ -7,7 +7,7 @@ the threshold, so run-to-run noise does not fail PRs. Profiles are ProfileResult
 `gate:`; the flags override them.
 
     python -m llmbench.gate compare --base BASE/metrics/profile [--head metrics/profile]
-    python -m llmbench.gate ab --base-dir ../base --head-dir . --cmd "dvc repro -f -s profile@m" \
+    python -m llmbench.gate ab --base-dir ../base --head-dir . --cmd "dvc repro -f -s profile-llamacpp@m" \
         --rounds 5
 
 Exit codes: 0 no regression, 1 regression, 2 bad input (one-line error).
@@ -74,15 +74,24 @@ def load_profile(path: Path) -> dict[Config, dict[str, list[float]]]:
     return out
 
 
+def load_files(files: list[Path]) -> Samples:
+    """Samples by model: <model>.<backend>.json files (one per profile-<backend>@<model> stage)
+    pool into their model; configs carry the deployment key, so they never collide."""
+    out: Samples = {}
+    for f in files:
+        pool(out, {f.name.split(".")[0]: load_profile(f)})  # model names have no dots (config)
+    return out
+
+
 def load_dir(directory: Path) -> Samples:
-    """Every <model>.json in a profile directory; the model name is the file stem."""
+    """Every profile file in a profile directory, by model."""
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"{directory}: profile directory not found")
     files = sorted(directory.glob("*.json"))
     if not files:
-        raise UserError(f"{directory}: no <model>.json profile files")
-    return {f.stem: load_profile(f) for f in files}
+        raise UserError(f"{directory}: no <model>.<backend>.json profile files")
+    return load_files(files)
 
 
 def pool(into: Samples, more: Samples) -> Samples:
@@ -249,7 +258,7 @@ def run_ab(base_dir: Path, head_dir: Path, cmd: str, rounds: int,
                 if prof.is_dir() else []
             if not fresh:
                 raise UserError(f"{prof}: --cmd wrote no <model>.json profile files")
-            pool(pools[side], {f.stem: load_profile(f) for f in fresh})
+            pool(pools[side], load_files(fresh))
     return pools["base"], pools["head"]
 
 
@@ -266,7 +275,7 @@ def _parser() -> argparse.ArgumentParser:
     ab.add_argument("--base-dir", required=True, type=Path, help="base checkout")
     ab.add_argument("--head-dir", required=True, type=Path, help="head checkout")
     ab.add_argument("--cmd", required=True,
-                    help="shell command that re-measures (e.g. 'dvc repro -f -s profile@M')")
+                    help="shell command that re-measures (e.g. 'dvc repro -f -s profile-llamacpp@M')")
     ab.add_argument("--rounds", type=int, default=3, help="ABAB rounds (default 3)")
     ab.add_argument("--profile-subdir",
                     help="where --cmd writes <model>.json, relative to each checkout "

@@ -1,7 +1,7 @@
 """The profile engine: latency, memory and roofline of one model's deployments (backend x
 precision x attention, llmbench.backends) over a shape grid. Backend-agnostic: it calls only the
 backends.Loaded protocol, so one clock (TokenTimer via on_token) and one RSS sampler measure every
-runtime. Returns a results.ProfileResult (metrics/profile/<model>.json); the stage writes it.
+runtime. Returns a results.ProfileResult (metrics/profile/<model>.<backend>.json); the stage writes it.
 
 Protocol (optimum-benchmark's): warmup runs, then measured runs until BOTH min_iterations and
 min_duration_s are met; fixed generation length (greedy, min_new_tokens = max_new_tokens, so

@@ -1,7 +1,7 @@
 """Typed results: one pydantic model per file the pipeline writes, written and read through it.
 
-    metrics/profile/<m>.json   ProfileResult      metrics/infer/<m>.json     InferResult
-    metrics/evaluate/<m>.json  EvaluateResult     metrics/summary.json       Summary
+    metrics/profile/<m>.<b>.json ProfileResult      metrics/infer/<m>.<b>.json InferResult
+    metrics/evaluate/<m>.<b>.json EvaluateResult     metrics/summary.json       Summary
 
 Every result and every row carries `status` (ok | skipped | unsupported | failed) and a
 one-line `reason` when not ok, and names what was measured by a Deployment, whose `key` is the
@@ -211,7 +211,7 @@ class ProfileProtocol(_Strict):
 
 
 class ProfileResult(_Versioned):
-    """metrics/profile/<model>.json"""
+    """metrics/profile/<model>.<backend>.json"""
 
     model: str
     weights: Weights
@@ -248,7 +248,7 @@ class InferRun(_Statused):
 
 
 class InferResult(_Versioned):
-    """metrics/infer/<model>.json: one run per deployment (status ok when any run is ok)."""
+    """metrics/infer/<model>.<backend>.json: one run per deployment (status ok when any run is ok)."""
 
     model: str
     weights: Weights
@@ -285,7 +285,7 @@ class EvaluateRun(_Statused):
 
 
 class EvaluateResult(_Versioned):
-    """metrics/evaluate/<model>.json: one run per deployment (status ok when any run is ok)."""
+    """metrics/evaluate/<model>.<backend>.json: one run per deployment (status ok when any run is ok)."""
 
     model: str
     weights: Weights

@@ -225,22 +225,22 @@ def read_set(path: str | Path) -> GgufSet:
     return read_result(path, GgufSet)
 
 
-def deployments(params, name: str, hf_precision: str, n_ctx: int, n_seq: int = 1):
-    """[(Deployment, load() -> backends.Loaded)] of one model for infer/evaluate: transformers at
-    hf_precision (the model's default attention) and llamacpp at every usable GGUF. n_ctx: tokens
-    per sequence a llama.cpp context needs (capped by the model's training context)."""
+def deployments(params, name: str, backend: str, hf_precision: str, n_ctx: int, n_seq: int = 1):
+    """[(Deployment, load() -> backends.Loaded)] of one model on one backend for infer/evaluate:
+    transformers at hf_precision (the model's default attention), llamacpp at every usable GGUF.
+    n_ctx: tokens per sequence a llama.cpp context needs (capped by the model's training context)."""
     from llmbench.results import Deployment
 
     prepared = params.paths.prepared(name)
     out = []
-    if params.backends.transformers.enabled:
+    if backend == "transformers" and params.backends.transformers.enabled:
         def hf_load():
             from llmbench.backends import transformers as hf
 
             return hf.load(prepared, precision=hf_precision, seed=params.prompts.seed)
         out.append((Deployment(model=name, backend="transformers", precision=hf_precision), hf_load))
     cpp = params.backends.llamacpp
-    if cpp.enabled:
+    if backend == "llamacpp" and cpp.enabled:
         threads = default_threads(cpp.threads, params.profile.threads)
         for f in read_set(params.paths.gguf_json(name)).usable():
             def cpp_load(f=f):
