@@ -169,7 +169,7 @@ def test_missing_and_non_json_files(tmp_path):
 
 
 def test_summary_without_version_is_refused(pipeline, tmp_path):
-    doc = json.loads(pipeline["summary", None].read_text())
+    doc = json.loads(pipeline["summary", None, None].read_text())
     del doc["schema_version"]
     (tmp_path / "summary.json").write_text(json.dumps(doc))
     with pytest.raises(UserError, match=r"summary\.json: schema_version: required field is missing; an old"):
