@@ -144,3 +144,25 @@ def test_shape_beyond_the_loaded_context_is_a_one_line_error(tiny):
 
 def test_missing_file_is_a_one_line_error(tmp_path):
     _one_line_error(lambda: L.load(tmp_path / "nope.gguf", n_ctx=8), "nope.gguf")
+
+
+def test_header_reader_agrees_with_gguf_py(tiny, tmp_path):
+    import gguf
+
+    from llmbench.backends import gguf_header
+
+    for key in ("F32", "Q8_0"):
+        meta, tensors = gguf_header.read(tiny[key])
+        ref = gguf.GGUFReader(tiny[key])
+        assert [(t.name, t.ggml_type, t.data_offset, t.n_elements) for t in tensors] == [
+            (r.name, int(r.tensor_type), int(r.data_offset), int(r.n_elements)) for r in ref.tensors]
+        assert meta["general.architecture"] == "llama"
+        assert meta["general.file_type"] == ref.fields["general.file_type"].parts[-1].tolist()[0]
+        info = L.inspect_gguf(tiny[key])
+        assert info.tensor_bytes == sum(int(r.n_bytes) for r in ref.tensors)
+        assert info.file_type == key
+    # a header cut inside its tensor table is an error, not a short table
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny["Q8_0"].read_bytes()[:2000])
+    with pytest.raises(Exception):
+        gguf_header.read(cut)
