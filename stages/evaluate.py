@@ -6,9 +6,8 @@ import time
 from llmbench.cli import run_stage
 from llmbench.config import Params
 from llmbench.evaluate import evaluate_model, ok_run, prompt_format, record
-from llmbench.io import write_jsonl_atomic
+from llmbench.io import manifest, write_jsonl_atomic
 from llmbench.logs import log_event
-from llmbench.models import load_tokenizer, manifest
 from llmbench.results import EvaluateRun, write_result
 from llmbench.tracking import stage_run
 
@@ -34,6 +33,8 @@ def main(params: Params, name: str, backend: str) -> None:
         elif not params.backends.enabled(backend):
             result = record(name, weights, [], f"backends.{backend}.enabled is false")
         else:
+            from llmbench.models import load_tokenizer  # torch: not for a skipped model
+
             tok, chat = load_tokenizer(prepared), params.models[name].chat
             fmt = prompt_format(tok, chat)
             for dep, load in catalog.deployments(params, name, backend, cfg.dtype, SCORING_CTX):

@@ -6,9 +6,8 @@ import time
 from llmbench.cli import run_stage
 from llmbench.config import Params
 from llmbench.infer import encode, generate, throughput_summary
-from llmbench.io import read_jsonl, write_jsonl_atomic
+from llmbench.io import manifest, read_jsonl, write_jsonl_atomic
 from llmbench.logs import log_event
-from llmbench.models import load_tokenizer, manifest
 from llmbench.results import InferResult, InferRun, write_result
 from llmbench.tracking import stage_run
 
@@ -39,6 +38,8 @@ def main(params: Params, name: str, backend: str) -> None:
                 import torch
 
                 torch.set_num_threads(cfg.threads)
+            from llmbench.models import load_tokenizer  # torch: not for a skipped model
+
             prompts = read_jsonl(params.paths.prompts)
             tok, chat = load_tokenizer(prepared), params.models[name].chat
             n_ctx = max(len(encode(tok, p, chat)) for p in prompts) + cfg.max_new_tokens

@@ -13,6 +13,16 @@ from llmbench.errors import UserError
 
 
 FILE_MODE = 0o644
+MANIFEST = "llmbench_model.json"  # what prepare@<model> wrote into the prepared folder
+
+
+def manifest(prepared: str | Path) -> dict:
+    """A prepared model's manifest (weights kind, tokenizer, source), read without torch: a
+    skipping stage (random weights) never pays for importing it."""
+    path = Path(prepared) / MANIFEST
+    if not path.exists():
+        raise UserError(f"{path}: missing; run `dvc repro` so the prepare stage writes it")
+    return json.loads(path.read_text())
 
 
 def _atomic(path: Path, write, binary: bool = False) -> Path:

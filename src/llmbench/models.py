@@ -19,8 +19,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2To
 
 from llmbench.config import GgufPackageModel, HubModel, LocalModel, ModelSpec, RandomModel
 from llmbench.errors import UserError
+from llmbench.io import MANIFEST, manifest  # noqa: F401 - part of this module's API
 
-MANIFEST = "llmbench_model.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -146,13 +146,6 @@ def prepare(name: str, spec: ModelSpec, out_dir: Path) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return json.loads((out_dir / MANIFEST).read_text())
-
-
-def manifest(prepared: Path) -> dict:
-    path = Path(prepared) / MANIFEST
-    if not path.exists():
-        raise UserError(f"{path}: missing; run `dvc repro` so the prepare stage writes it")
-    return json.loads(path.read_text())
 
 
 def load(prepared: Path, *, dtype: str = "float32", attn_implementation: str | None = None,
