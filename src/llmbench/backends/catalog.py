@@ -101,14 +101,30 @@ def _probe(prepared: Path, man: dict, scratch: Path) -> None:
     (scratch / "probe.gguf").unlink(missing_ok=True)
 
 
-def _hf_source(prepared: Path, man: dict, scratch: Path, seed: int) -> tuple[Path, str]:
-    """(HF folder the converter reads, label of the tokenizer that goes into the GGUF)."""
+PROBE_ABOVE_PARAMS = 300_000_000  # smaller random models convert in seconds: no probe needed
+
+
+def _worth_probing(prepared: Path) -> bool:
+    from llmbench import models
+
+    return models.describe(prepared).n_params > PROBE_ABOVE_PARAMS
+
+
+def _hf_source(prepared: Path, man: dict, scratch: Path, seed: int,
+               save_dtype: str | None = None) -> tuple[Path, str]:
+    """(HF folder the converter reads, label of the tokenizer that goes into the GGUF).
+    save_dtype "float16": random weights are drawn in fp32 as the transformers backend draws
+    them, then saved rounded to fp16, which an F16 GGUF rounds them to anyway."""
     from llmbench import models
 
     if man["weights"] != "random":
         return prepared, man["tokenizer"]
     model, _, _ = models.load(prepared, dtype="float32", seed=seed)  # the transformers backend's weights
     hf = scratch / "hf"
+    if save_dtype == "float16":
+        import torch
+
+        model = model.to(torch.float16)
     model.save_pretrained(hf)
     del model
     if str(man["tokenizer"]).startswith("stand-in"):
@@ -181,9 +197,11 @@ def _convert_all(prepared, man, tmp, out_dir, todo, shipped_type, seed, threads,
         base = Path(scratch) / f"{BASE}.gguf"
         tok = man["tokenizer"]
         try:
-            if man["weights"] == "random":
+            if man["weights"] == "random" and _worth_probing(prepared):
                 _probe(prepared, man, Path(scratch))
-            hf, tok = _hf_source(prepared, man, Path(scratch), seed)
+            # F16 weights are all a BASE-derived type reads: half the bytes to write and convert
+            wide = any(t in ("F32", "BF16") for t in todo)
+            hf, tok = _hf_source(prepared, man, Path(scratch), seed, save_dtype=None if wide else "float16")
             G.convert(hf, base, FLOAT_TYPES[BASE])
         except G.Unsupported as exc:
             return [GgufFile(status="unsupported", reason=exc.reason, precision=label(t), type_name=t,
