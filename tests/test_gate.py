@@ -312,3 +312,17 @@ def test_ab_mode_failing_command_is_exit_2(tmp_path, capsys):
     assert gate.main(["ab", "--base-dir", str(tmp_path / "A"), "--head-dir", str(tmp_path / "B"),
                       "--cmd", "exit 3", "--rounds", "1", "--out", str(tmp_path / "g.md")]) == 2
     assert "--cmd exited 3" in capsys.readouterr().err
+
+
+def test_per_backend_files_pool_into_their_model(tmp_path):
+    # profile-<backend>@m writes m.<backend>.json; the gate compares by model, every config kept
+    rng = np.random.default_rng(3)
+    hf = entry(rng, 10)
+    cpp = entry(rng, 10, config=("Q4_1", None, 1, 32, 16))
+    cpp = cpp.model_copy(update={"deployment": cpp.deployment.model_copy(update={"backend": "llamacpp"})})
+    d = tmp_path / "p"
+    d.mkdir()
+    write_result(d / "m.transformers.json", profile("m", [hf]))
+    write_result(d / "m.llamacpp.json", profile("m", [cpp]))
+    got = gate.load_dir(d)
+    assert list(got) == ["m"] and sorted(k[0] for k in got["m"]) == ["m.llamacpp.Q4_1", "m.transformers.float32.sdpa"]
