@@ -30,8 +30,8 @@ def main(params: Params, name: str, backend: str) -> None:
         runs, samples = [], []
         if weights == "random":
             result = record(name, weights, [], "random weights: accuracy is chance by construction")
-        elif not params.backends.enabled(backend):
-            result = record(name, weights, [], f"backends.{backend}.enabled is false")
+        elif skip := catalog.unavailable(params, name, backend):
+            result = record(name, weights, [], skip[1]).model_copy(update={"status": skip[0]})
         else:
             from llmbench.models import load_tokenizer  # torch: not for a skipped model
 

@@ -27,11 +27,11 @@ def main(params: Params, name: str, backend: str) -> None:
     fixed = {"model": name, "weights": weights, "batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens}
     with stage_run(f"infer-{backend}", name, params, logged_params=cfg.model_dump(mode="json"),
                    weights=weights) as run:
-        skip = ("random weights: outputs would be noise; profiled only" if weights == "random" else
-                None if params.backends.enabled(backend) else f"backends.{backend}.enabled is false")
+        # text from random weights is noise; these models are profiled, not run on prompts
+        skip = (("skipped", "random weights: outputs would be noise; profiled only") if weights == "random"
+                else catalog.unavailable(params, name, backend))
         if skip:
-            # text from random weights is noise; these models are profiled, not run on prompts
-            result = InferResult(**fixed, status="skipped", reason=skip)
+            result = InferResult(**fixed, status=skip[0], reason=skip[1])
             write_jsonl_atomic(outputs, [])
         else:
             if cfg.threads:

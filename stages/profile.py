@@ -26,6 +26,8 @@ def targets_for(params: Params, name: str, backend: str):
     files = catalog.read_set(params.paths.gguf_json(name)).usable() if cpp_on else []
     threads = catalog.default_threads(cpp.threads, params.profile.resolved().threads)
 
+    from llmbench.backends.transformers import supports_sdpa as hf_supports_sdpa
+
     def hf_load(d: str, a: str):
         from llmbench.backends import transformers as hf
 
@@ -42,7 +44,7 @@ def targets_for(params: Params, name: str, backend: str):
 
     def build(grid):
         attentions = list(grid.attentions)
-        if hf_on and "sdpa" in attentions and "eager" not in attentions and not _supports_sdpa(prepared):
+        if hf_on and "sdpa" in attentions and "eager" not in attentions and not hf_supports_sdpa(prepared):
             attentions.append("eager")  # measured too, so the model has a row (gpt-neo: no sdpa)
         out = [Target(Deployment(model=name, backend="transformers", precision=d, attention=a), hf_load(d, a))
                for d in grid.dtypes for a in attentions] if hf_on else []
@@ -53,25 +55,17 @@ def targets_for(params: Params, name: str, backend: str):
     return build
 
 
-def _supports_sdpa(prepared: Path) -> bool:
-    """Whether transformers implements sdpa attention for this architecture (a class property,
-    checked without loading weights); the sdpa row is still recorded as unsupported."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(prepared)
-    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
-    return bool(getattr(cls, "_supports_sdpa", True))
-
-
 def main(params: Params, name: str, backend: str) -> None:
     from transformers import AutoConfig
+
+    from llmbench.backends import catalog
 
     prepared = params.paths.prepared(name)
     out = params.paths.profile_json(name, backend)
     cfg = params.profile.resolved()
     info = describe(prepared)
     texts = [p["text"] for p in read_jsonl(params.paths.prompts)]
-    on = params.backends.enabled(backend)
+    skip, on = catalog.unavailable(params, name, backend), params.backends.enabled(backend)
     with stage_run(f"profile-{backend}", name, params,
                    fingerprint=fingerprint(cfg.device, [backend] if on else []).model_dump(),
                    logged_params={**cfg.model_dump(mode="json"),
@@ -80,9 +74,8 @@ def main(params: Params, name: str, backend: str) -> None:
         result = run_profile(targets_for(params, name, backend), load_tokenizer(prepared), info, texts, cfg,
                              progress=lambda msg: log_event(msg), kv_config=AutoConfig.from_pretrained(prepared),
                              runtimes=[backend] if on else [])
-        if not on:
-            result = result.model_copy(update={"status": "skipped",
-                                               "reason": f"backends.{backend}.enabled is false"})
+        if skip:  # nothing was measured: say why (disabled, or no GGUF the converter could make)
+            result = result.model_copy(update={"status": skip[0], "reason": skip[1]})
         write_result(out, result)
         run.log_metrics(profile_metrics(result))
         run.log_artifact(out)

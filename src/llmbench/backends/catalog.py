@@ -243,6 +243,19 @@ def read_set(path: str | Path) -> GgufSet:
     return read_result(path, GgufSet)
 
 
+def unavailable(params, name: str, backend: str) -> tuple[str, str] | None:
+    """(status, reason) when `backend` has nothing to run for the model, else None: disabled,
+    or no usable GGUF (the converter's `unsupported` and its reason, from gguf.json)."""
+    if not params.backends.enabled(backend):
+        return "skipped", f"backends.{backend}.enabled is false"
+    if backend == "llamacpp":
+        gs = read_set(params.paths.gguf_json(name))
+        if not gs.usable():
+            return ("unsupported" if gs.status == "unsupported" else "skipped",
+                    gs.reason or "gguf.json lists no usable GGUF file")
+    return None
+
+
 def deployments(params, name: str, backend: str, hf_precision: str, n_ctx: int, n_seq: int = 1):
     """[(Deployment, load() -> backends.Loaded)] of one model on one backend for infer/evaluate:
     transformers at hf_precision (the model's default attention), llamacpp at every usable GGUF.

@@ -182,3 +182,13 @@ class HFLoaded:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def supports_sdpa(prepared: Path) -> bool:
+    """Whether transformers implements sdpa attention for this architecture (a class property,
+    checked without loading weights); the sdpa row is still recorded as unsupported."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(prepared)
+    cls = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    return bool(getattr(cls, "_supports_sdpa", True))
