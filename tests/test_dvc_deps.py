@@ -98,3 +98,18 @@ def test_closure_sees_lazy_and_package_imports(tmp_path):
     files = {p.relative_to(ROOT).as_posix() for p in closure(ROOT / "stages" / "prepare.py")}
     assert {"src/llmbench/check.py", "src/llmbench/tracking_store.py",
             "src/llmbench/__init__.py"} <= files
+
+
+def test_llamacpp_stages_track_every_runtime_key_and_not_the_quantization_list():
+    # the list (and requantize_shipped) is quantize@'s; the llamacpp stages see it through the
+    # GGUF folder, so editing it reruns only the models whose GGUFs changed (tests/test_e2e.py)
+    from llmbench.config import LlamaCppBackend
+
+    runtime = {f"backends.llamacpp.{k}" for k in LlamaCppBackend.model_fields} - {
+        "backends.llamacpp.quantizations", "backends.llamacpp.requantize_shipped"}
+    stages = _stages()
+    for name in ("infer-llamacpp", "profile-llamacpp", "evaluate-llamacpp"):
+        params = set(stages[name]["params"])
+        assert runtime <= params, (name, runtime - params)
+        assert not any(p in ("backends", "backends.llamacpp") or "quantiz" in p for p in params), name
+    assert "backends.llamacpp.quantizations" in stages["quantize"]["params"]
